@@ -1,0 +1,1 @@
+"""Benchmarks behind ``minillm bench``: each module has ``main(args)`` and prints measured figures."""

@@ -1,0 +1,112 @@
+"""One checkpoint format for every phase: ``.npz`` arrays plus JSON metadata, written atomically, checksummed.
+
+``save(state, path)`` takes a nested dict/list of arrays, numbers, strings, booleans and None (a model's
+``state_dict()``, an optimizer's, a config, the step, the RNG state...). Arrays are stored as host
+NumPy arrays, so a checkpoint written on the GPU loads on the CPU and back. The file is first written
+beside its destination and then renamed over it, so a crash mid-write never leaves a half-written
+checkpoint; a SHA-256 over every array detects a truncated or corrupted file on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy
+
+from minillm import backend as B
+
+FORMAT = "minillm-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupted or not a minillm checkpoint."""
+
+
+def _flatten(obj, prefix: str, arrays: dict):
+    """Replace each array in ``obj`` by a reference ``{"__array__": key}`` and collect it in ``arrays``."""
+    if isinstance(obj, dict):
+        return {str(k): _flatten(v, f"{prefix}/{k}", arrays) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, f"{prefix}/{i}", arrays) for i, v in enumerate(obj)]
+    if hasattr(obj, "shape") and hasattr(obj, "dtype") and not isinstance(obj, numpy.generic):
+        key = f"a{len(arrays)}"
+        arrays[key] = B.to_numpy(obj)
+        return {"__array__": key, "name": prefix}
+    if isinstance(obj, numpy.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"save: cannot store {type(obj).__name__} at {prefix or '/'}; "
+                    "use arrays, numbers, strings, lists and dicts")
+
+
+def _unflatten(obj, arrays):
+    if isinstance(obj, dict):
+        if "__array__" in obj:
+            return arrays[obj["__array__"]]
+        return {k: _unflatten(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unflatten(v, arrays) for v in obj]
+    return obj
+
+
+def _digest(arrays: dict) -> str:
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = numpy.ascontiguousarray(arrays[key])
+        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save(state, path) -> None:
+    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict = {}
+    tree = _flatten(state, "", arrays)
+    meta = {"format": FORMAT, "version": VERSION, "sha256": _digest(arrays), "tree": tree}
+    payload = dict(arrays)
+    payload["__meta__"] = numpy.frombuffer(json.dumps(meta).encode(), dtype=numpy.uint8)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            numpy.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path):
+    """Read a checkpoint written by ``save``; arrays come back as host NumPy arrays.
+
+    Raises CheckpointError naming the file when it is missing, truncated, corrupt or fails its checksum.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with numpy.load(path, allow_pickle=False) as z:
+            if "__meta__" not in z.files:
+                raise CheckpointError(f"{path} is not a minillm checkpoint (no metadata)")
+            meta = json.loads(bytes(z["__meta__"]).decode())
+            arrays = {k: z[k] for k in z.files if k != "__meta__"}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {type(e).__name__}: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a minillm checkpoint (format {meta.get('format')!r})")
+    if _digest(arrays) != meta.get("sha256"):
+        raise CheckpointError(f"checkpoint {path} failed its checksum: the file is corrupt")
+    return _unflatten(meta["tree"], arrays)

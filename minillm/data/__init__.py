@@ -1,0 +1,1 @@
+"""Deterministic data generators that ship with minillm (nothing downloads)."""

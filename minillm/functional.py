@@ -1,0 +1,341 @@
+"""Neural-network functions (imported as ``F``), each with its gradient written by hand.
+
+Where composing primitives would be slower or less stable (softmax, log-softmax + NLL, layer norm,
+attention), the forward and a fused backward are written together here.
+"""
+
+from __future__ import annotations
+
+import math
+
+from minillm import backend as B
+from minillm.tensor import Tensor, is_grad_enabled
+
+
+def _t(x) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _raw(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    return _t(a) @ b
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x Wᵀ + b with W of shape (out_features, in_features), as in PyTorch."""
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input shape {x.shape} has {x.shape[-1]} features, "
+                         f"weight {weight.shape} expects {weight.shape[1]}")
+    y = x @ weight.T
+    return y + bias if bias is not None else y
+
+
+def relu(x: Tensor) -> Tensor:
+    x = _t(x)
+    out = Tensor._result(B.xp.maximum(x.data, 0), (x,), "relu")
+    if out.requires_grad:
+        out._backward = lambda g: x._accum(g * (x.data > 0))  # 1 where x > 0, else 0
+    return out
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU, tanh approximation (Hendrycks & Gimpel 2016), as in GPT-2 and BERT."""
+    x = _t(x)
+    xd = x.data
+    u = _GELU_C * (xd + 0.044715 * xd ** 3)
+    t = B.xp.tanh(u)
+    out = Tensor._result(0.5 * xd * (1 + t), (x,), "gelu")
+    if out.requires_grad:
+        def backward(g):  # d/dx = ½(1+t) + ½x(1-t²)·c(1 + 3·0.044715x²)
+            du = _GELU_C * (1 + 3 * 0.044715 * xd * xd)
+            x._accum(g * (0.5 * (1 + t) + 0.5 * xd * (1 - t * t) * du))
+        out._backward = backward
+    return out
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    return _t(x).sigmoid()
+
+
+def tanh(x: Tensor) -> Tensor:
+    return _t(x).tanh()
+
+
+def silu(x: Tensor) -> Tensor:
+    x = _t(x)
+    return x * x.sigmoid()
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    x = _t(x)
+    e = B.xp.exp(x.data - x.data.max(axis=axis, keepdims=True))
+    s = e / e.sum(axis=axis, keepdims=True)
+    out = Tensor._result(s, (x,), "softmax")
+    if out.requires_grad:
+        # Jacobian-vector product: dx = s ⊙ (g - Σ g·s)
+        out._backward = lambda g: x._accum(s * (g - (g * s).sum(axis=axis, keepdims=True)))
+    return out
+
+
+def _logsumexp(a, axis: int):
+    m = a.max(axis=axis, keepdims=True)
+    return m + B.xp.log(B.xp.exp(a - m).sum(axis=axis, keepdims=True))
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    x = _t(x)
+    out_data = x.data - _logsumexp(x.data, axis)
+    out = Tensor._result(out_data, (x,), "log_softmax")
+    if out.requires_grad:
+        # dx = g - softmax(x) · Σ g
+        out._backward = lambda g: x._accum(g - B.xp.exp(out_data) * g.sum(axis=axis, keepdims=True))
+    return out
+
+
+def logsumexp(x: Tensor, axis: int = -1, keepdims: bool = False) -> Tensor:
+    x = _t(x)
+    lse = _logsumexp(x.data, axis)
+    out = Tensor._result(lse if keepdims else B.xp.squeeze(lse, axis=axis), (x,), "logsumexp")
+    if out.requires_grad:
+        def backward(g):  # d lse / dx = softmax(x)
+            gk = g if keepdims else B.xp.expand_dims(g, axis)
+            x._accum(gk * B.xp.exp(x.data - lse))
+        out._backward = backward
+    return out
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """Fused, stable softmax cross-entropy over the last axis.
+
+    ``logits`` (..., C), integer ``targets`` (...). Positions whose target is ``ignore_index`` contribute
+    nothing; ``mean`` averages over the others. Gradient: (softmax - onehot) / n_valid.
+    """
+    logits = _t(logits)
+    t = B.xp.asarray(_raw(targets))
+    C = logits.shape[-1]
+    if t.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: logits {logits.shape} need targets of shape {logits.shape[:-1]}, "
+                         f"got {t.shape}")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be integer class ids, got dtype {t.dtype}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= C))
+    if bool(bad.any()):
+        raise ValueError(f"cross_entropy: target {int(t[bad].ravel()[0])} out of range for {C} classes")
+    x2 = logits.data.reshape(-1, C)
+    tv = B.xp.where(valid, t, 0).reshape(-1)
+    logp = x2 - _logsumexp(x2, -1)
+    rows = B.xp.arange(tv.shape[0])
+    nll = -logp[rows, tv]
+    if label_smoothing:
+        nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(axis=-1)
+    v = valid.reshape(-1).astype(logits.dtype)
+    losses = nll * v
+    n_valid = max(1.0, float(v.sum())) if reduction == "mean" else 1.0
+    if reduction == "none":
+        data = losses.reshape(t.shape)
+    else:
+        data = losses.sum() / n_valid
+    out = Tensor._result(B.xp.asarray(data, dtype=logits.dtype), (logits,), "cross_entropy")
+    if out.requires_grad:
+        def backward(g):
+            d = B.xp.exp(logp)  # softmax
+            d[rows, tv] -= 1 - label_smoothing
+            if label_smoothing:
+                d -= label_smoothing / C
+            scale = (g.reshape(-1) if reduction == "none" else g) * v / n_valid  # (N,)
+            logits._accum((d * scale[:, None]).reshape(logits.shape))
+        out._backward = backward
+    return out
+
+
+def nll_loss(logp: Tensor, targets, ignore_index: int = -100) -> Tensor:
+    """Mean negative log-likelihood of integer ``targets`` under log-probabilities ``logp``."""
+    t = B.xp.asarray(_raw(targets))
+    valid = t != ignore_index
+    idx = B.xp.where(valid, t, 0)
+    picked = take_along_last(logp, idx)
+    v = Tensor(valid.astype(logp.dtype))
+    return -(picked * v).sum() / max(1.0, float(valid.sum()))
+
+
+def take_along_last(x: Tensor, idx) -> Tensor:
+    """x[..., idx[...]]: pick one entry of the last axis per position (gather)."""
+    x = _t(x)
+    idx = B.xp.asarray(_raw(idx))
+    picked = B.xp.take_along_axis(x.data, idx[..., None], axis=-1)[..., 0]
+    out = Tensor._result(picked, (x,), "gather")
+    if out.requires_grad:
+        def backward(g):
+            full = B.xp.zeros(x.shape, dtype=g.dtype)
+            B.xp.put_along_axis(full, idx[..., None], g[..., None], axis=-1)
+            x._accum(full)
+        out._backward = backward
+    return out
+
+
+def mse_loss(a: Tensor, b) -> Tensor:
+    d = _t(a) - b
+    return (d * d).mean()
+
+
+def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """Normalise the last axis to zero mean, unit variance, then scale and shift (Ba et al. 2016)."""
+    x = _t(x)
+    mu = x.data.mean(axis=-1, keepdims=True)
+    xc = x.data - mu
+    rstd = 1.0 / B.xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    xhat = xc * rstd
+    y = xhat
+    if weight is not None:
+        y = y * weight.data
+    if bias is not None:
+        y = y + bias.data
+    parents = tuple(p for p in (x, weight, bias) if p is not None)
+    out = Tensor._result(y, parents, "layer_norm")
+    if out.requires_grad:
+        def backward(g):
+            gx = g * weight.data if weight is not None else g
+            if x.requires_grad:  # dx = rstd · (ĝ - mean(ĝ) - x̂ · mean(ĝ x̂)),  ĝ = g·w
+                x._accum(rstd * (gx - gx.mean(axis=-1, keepdims=True)
+                                 - xhat * (gx * xhat).mean(axis=-1, keepdims=True)))
+            if weight is not None and weight.requires_grad:
+                weight._accum((g * xhat).reshape(-1, x.shape[-1]).sum(axis=0))
+            if bias is not None and bias.requires_grad:
+                bias._accum(g.reshape(-1, x.shape[-1]).sum(axis=0))
+        out._backward = backward
+    return out
+
+
+def rms_norm(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    """Scale by the root mean square of the last axis, no centring, no bias (T5's LayerNorm)."""
+    x = _t(x)
+    rstd = 1.0 / B.xp.sqrt((x.data * x.data).mean(axis=-1, keepdims=True) + eps)
+    xhat = x.data * rstd
+    y = xhat * weight.data if weight is not None else xhat
+    out = Tensor._result(y, tuple(p for p in (x, weight) if p is not None), "rms_norm")
+    if out.requires_grad:
+        def backward(g):
+            gx = g * weight.data if weight is not None else g
+            if x.requires_grad:  # dx = rstd · (ĝ - x̂ · mean(ĝ x̂))
+                x._accum(rstd * (gx - xhat * (gx * xhat).mean(axis=-1, keepdims=True)))
+            if weight is not None and weight.requires_grad:
+                weight._accum((g * xhat).reshape(-1, x.shape[-1]).sum(axis=0))
+        out._backward = backward
+    return out
+
+
+def embedding(ids, weight: Tensor) -> Tensor:
+    """Rows of ``weight`` picked by integer ``ids``; the backward scatter-adds into those rows."""
+    ids = B.xp.asarray(_raw(ids))
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
+    V = weight.shape[0]
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
+        bad = int(ids.max()) if int(ids.max()) >= V else int(ids.min())
+        raise IndexError(f"embedding: token id {bad} out of range for a vocabulary of {V} (valid: 0..{V - 1})")
+    out = Tensor._result(weight.data[ids], (weight,), "embedding")
+    if out.requires_grad:
+        def backward(g):
+            full = B.xp.zeros(weight.shape, dtype=g.dtype)
+            B.scatter_add(full, ids.reshape(-1), g.reshape(-1, weight.shape[1]))
+            weight._accum(full)
+        out._backward = backward
+    return out
+
+
+def dropout(x: Tensor, p: float = 0.1, training: bool = True) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout)."""
+    x = _t(x)
+    if not training or p == 0.0:
+        return x
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    keep = (B.rand(*x.shape, dtype=x.dtype) >= p).astype(x.dtype) / (1.0 - p)
+    out = Tensor._result(x.data * keep, (x,), "dropout")
+    if out.requires_grad:
+        out._backward = lambda g: x._accum(g * keep)
+    return out
+
+
+def causal_mask(Tq: int, Tk: int | None = None):
+    """Boolean (Tq, Tk) mask, True where query i may attend to key j (j ≤ i + Tk - Tq)."""
+    Tk = Tq if Tk is None else Tk
+    return B.xp.tril(B.xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_causal: bool = False,
+                                 scale: float | None = None, bias: Tensor | None = None,
+                                 return_weights: bool = False):
+    """softmax(q kᵀ · scale + bias, masked) v over the last two axes, with a fused backward.
+
+    q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv). ``mask`` is boolean, broadcastable to
+    (..., Tq, Tk), True where attention is allowed (PyTorch's convention). ``is_causal`` adds the causal
+    mask aligned to the end (so a query block can attend to a longer cached past). ``bias`` is an additive
+    score bias (T5's relative positions) that also receives a gradient. With ``return_weights`` the
+    attention probabilities come back too, for plotting.
+    """
+    q, k, v = _t(q), _t(k), _t(v)
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} don't fit "
+                         "(need q[-1] == k[-1] and k[-2] == v[-2])")
+    d = q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    allowed = None if mask is None else B.xp.asarray(_raw(mask), dtype=bool)
+    if is_causal:
+        cm = causal_mask(Tq, Tk)
+        allowed = cm if allowed is None else (allowed & cm)
+
+    fused = getattr(B, "fused_attention", None)
+    if (fused is not None and bias is None and not return_weights
+            and fused.supports(q.data, k.data, v.data, mask, is_causal)):
+        o, ctx = fused.forward(q.data, k.data, v.data, _raw(mask), is_causal, scale)
+        out = Tensor._result(o, (q, k, v), "attention")
+        if out.requires_grad:
+            def fused_backward(g):
+                dq, dk, dv = fused.backward(g, ctx)
+                q._accum(dq)
+                k._accum(dk)
+                v._accum(dv)
+            out._backward = fused_backward
+        return out
+
+    s = B.matmul_nt(q.data, k.data) * scale  # (..., Tq, Tk)
+    if bias is not None:
+        s = s + _raw(bias)
+    if allowed is not None:
+        s = B.xp.where(allowed, s, B.xp.asarray(-1e9, dtype=s.dtype))
+    s = s - s.max(axis=-1, keepdims=True)
+    p = B.xp.exp(s)
+    p /= p.sum(axis=-1, keepdims=True)
+    o = B.xp.matmul(p, v.data)  # (..., Tq, dv)
+    parents = (q, k, v) + ((bias,) if isinstance(bias, Tensor) else ())
+    out = Tensor._result(o, parents, "attention")
+    if out.requires_grad and is_grad_enabled():
+        def backward(g):
+            # O = P V:  dV = Pᵀ dO,  dP = dO Vᵀ;  P = softmax(S):  dS = P ⊙ (dP - Σ dP⊙P);  S = q kᵀ·scale
+            if v.requires_grad:
+                v._accum(B.matmul_tn(p, g))
+            dp = B.matmul_nt(g, v.data)
+            ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+            if q.requires_grad:
+                q._accum(B.xp.matmul(ds, k.data) * scale)
+            if k.requires_grad:
+                k._accum(B.matmul_tn(ds, q.data) * scale)
+            if isinstance(bias, Tensor) and bias.requires_grad:
+                bias._accum(ds)
+        out._backward = backward
+    if return_weights:
+        return out, Tensor(p)
+    return out

@@ -1,0 +1,327 @@
+"""Modules: parameters organised into layers, named as in PyTorch so learners can find them.
+
+A ``Module`` records every ``Parameter``, sub-``Module`` and buffer assigned to it as an attribute, so
+``named_parameters()`` and ``state_dict()`` walk the tree in definition order with dotted names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Iterable, Iterator
+
+import numpy
+
+from minillm import backend as B
+from minillm import functional as F
+from minillm.tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module owns and an optimizer updates (requires_grad by default)."""
+
+    def __init__(self, data, requires_grad: bool = True):
+        super().__init__(data.data if isinstance(data, Tensor) else data, requires_grad=requires_grad)
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
+
+
+class StateDictError(KeyError):
+    """A state dict does not fit the module: names the missing, unexpected and mis-shaped keys."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class Module:
+    """Base class of every layer and model."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        for d in (self._parameters, self._modules, self._buffers):
+            d.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, value) -> None:
+        """A non-trainable array saved in the state dict (e.g. quantised weights, running stats)."""
+        object.__setattr__(self, name, value)
+        self._buffers[name] = True
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # -------------------------------------------------------------- traversal
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def children(self) -> Iterator[Module]:
+        yield from self._modules.values()
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """(dotted name, parameter) pairs; a parameter shared by two modules (tied weights) appears once."""
+        seen = set()
+        for mname, m in self.named_modules(prefix):
+            for pname, p in m._parameters.items():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{mname}.{pname}" if mname else pname), p
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self) -> Iterator[tuple[str, object]]:
+        for mname, m in self.named_modules():
+            for bname in m._buffers:
+                yield (f"{mname}.{bname}" if mname else bname), getattr(m, bname)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # -------------------------------------------------------------- modes and grads
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def requires_grad_(self, flag: bool = True) -> Module:
+        """Freeze (False) or unfreeze (True) every parameter of this module."""
+        for p in self.parameters():
+            p.requires_grad = flag
+        return self
+
+    # -------------------------------------------------------------- state
+    def state_dict(self) -> OrderedDict:
+        """Name → array (on the active backend) for every parameter and buffer, tied ones included."""
+        sd = OrderedDict()
+        for mname, m in self.named_modules():
+            for pname, p in m._parameters.items():
+                sd[f"{mname}.{pname}" if mname else pname] = p.data
+            for bname in m._buffers:
+                val = getattr(m, bname)
+                sd[f"{mname}.{bname}" if mname else bname] = val.data if isinstance(val, Tensor) else val
+        return sd
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> tuple[list, list]:
+        """Copy arrays into this module's parameters and buffers.
+
+        With ``strict`` every key must match in name and shape; the error lists what is missing,
+        unexpected, or mis-shaped. Returns (missing, unexpected) when not strict.
+        """
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        mis = [f"{k}: checkpoint {tuple(numpy.shape(state[k]))} vs model {tuple(own[k].shape)}"
+               for k in own if k in state and tuple(numpy.shape(state[k])) != tuple(own[k].shape)]
+        if mis or (strict and (missing or unexpected)):
+            parts = []
+            if missing:
+                parts.append(f"missing keys: {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys: {unexpected}")
+            if mis:
+                parts.append(f"shape mismatch: {mis}")
+            raise StateDictError(f"load_state_dict({type(self).__name__}): " + "; ".join(parts))
+        for mname, m in self.named_modules():
+            for pname, p in m._parameters.items():
+                key = f"{mname}.{pname}" if mname else pname
+                if key in state:
+                    p.data = B.asarray(state[key], dtype=p.dtype)
+            for bname in m._buffers:
+                key = f"{mname}.{bname}" if mname else bname
+                if key in state:
+                    val = getattr(m, bname)
+                    arr = B.asarray(state[key], dtype=getattr(val, "dtype", None))
+                    if isinstance(val, Tensor):
+                        val.data = arr
+                    else:
+                        object.__setattr__(m, bname, arr)
+        return missing, unexpected
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class Linear(Module):
+    """y = x Wᵀ + b. W is (out_features, in_features), initialised U(-1/√in, 1/√in) as in PyTorch."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = Parameter((B.rand(out_features, in_features) * 2 - 1) * bound)
+        self.bias = Parameter(B.xp.zeros(out_features, dtype=B.default_dtype)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """A lookup table of ``num_embeddings`` vectors, initialised N(0, 1) as in PyTorch."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = Parameter(B.randn(num_embeddings, embedding_dim))
+
+    def forward(self, ids) -> Tensor:
+        return F.embedding(ids, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class LayerNorm(Module):
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = Parameter(B.xp.ones(dim, dtype=B.default_dtype))
+        self.bias = Parameter(B.xp.zeros(dim, dtype=B.default_dtype)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
+
+class RMSNorm(Module):
+    """T5-style LayerNorm: scale only, no mean subtraction, no bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = Parameter(B.xp.ones(dim, dtype=B.default_dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.weight, self.eps)
+
+
+class Dropout(Module):
+    def __init__(self, p: float = 0.1):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class ReLU(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x)
+
+
+class GELU(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(x)
+
+
+class Tanh(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.tanh()
+
+
+class Sequential(Module):
+    def __init__(self, *layers: Module):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            setattr(self, str(i), layer)
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+
+class ModuleList(Module):
+    def __init__(self, modules: Iterable[Module] = ()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, m: Module) -> None:
+        setattr(self, str(len(self._modules)), m)
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+
+class ModuleDict(Module):
+    def __init__(self, modules: dict | None = None):
+        super().__init__()
+        for k, m in (modules or {}).items():
+            setattr(self, k, m)
+
+    def __getitem__(self, k: str) -> Module:
+        return self._modules[k]
+
+    def __setitem__(self, k: str, m: Module) -> None:
+        setattr(self, k, m)
+
+    def __contains__(self, k: str) -> bool:
+        return k in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def items(self):
+        return self._modules.items()
+
+    def values(self):
+        return self._modules.values()
+
+    def __len__(self) -> int:
+        return len(self._modules)
