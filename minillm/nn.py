@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy
 
@@ -46,8 +46,13 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        # pop the name from the other registries only, so replacing a child (apply_lora swapping a Linear
+        # inside a Sequential) keeps its position in definition order
+        home = (self._parameters if isinstance(value, Parameter) else
+                self._modules if isinstance(value, Module) else None)
         for d in (self._parameters, self._modules, self._buffers):
-            d.pop(name, None)
+            if d is not home:
+                d.pop(name, None)
         if isinstance(value, Parameter):
             self._parameters[name] = value
         elif isinstance(value, Module):
