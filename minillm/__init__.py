@@ -5,10 +5,8 @@ The engine (``Tensor``, ``no_grad``), layers (``nn``), functions (``functional``
 data, training phases and PEFT methods live in the sub-packages.
 """
 
-from minillm import backend
-from minillm import functional
+from minillm import backend, functional, nn, optim
 from minillm import functional as F
-from minillm import nn, optim
 from minillm.backend import get_backend, gpu_available, manual_seed, set_backend, set_default_dtype, to_numpy
 from minillm.checkpoint import CheckpointError, load, save
 from minillm.gradcheck import GradcheckError, gradcheck

@@ -31,7 +31,8 @@ def _cmd_pipeline(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minillm", description=__doc__)
-    p.add_argument("--backend", choices=["numpy", "cupy"], help="array backend (default: numpy, or $MINILLM_BACKEND)")
+    p.add_argument("--backend", choices=["numpy", "cupy"],
+                   help="array backend (default: numpy, or $MINILLM_BACKEND)")
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("bench", help="benchmarks (numbers, not adjectives)")

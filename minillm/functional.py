@@ -243,7 +243,8 @@ def embedding(ids, weight: Tensor) -> Tensor:
     V = weight.shape[0]
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
         bad = int(ids.max()) if int(ids.max()) >= V else int(ids.min())
-        raise IndexError(f"embedding: token id {bad} out of range for a vocabulary of {V} (valid: 0..{V - 1})")
+        raise IndexError(f"embedding: token id {bad} out of range for a vocabulary of {V} "
+                         f"(valid: 0..{V - 1})")
     out = Tensor._result(weight.data[ids], (weight,), "embedding")
     if out.requires_grad:
         def backward(g):

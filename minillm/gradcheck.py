@@ -6,7 +6,7 @@ L = Σ R ⊙ f(x), and compare dL/dx from backward() with (L(x + ε) - L(x - ε)
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy
 
@@ -48,6 +48,8 @@ def gradcheck(fn: Callable[..., Tensor], *inputs: Tensor, eps: float = 1e-6, ato
     for i, x in checked:
         analytic = numpy.zeros(x.shape) if x.grad is None else B.to_numpy(x.grad).astype(numpy.float64)
         numeric = numpy.zeros(x.shape)
+        if not x.data.flags.c_contiguous:  # reshape(-1) must be a view for the perturbation to reach x
+            x.data = B.xp.ascontiguousarray(x.data)
         flat = x.data.reshape(-1)  # a view: perturbing it perturbs x
         with no_grad():
             for j in range(flat.size):
@@ -63,7 +65,8 @@ def gradcheck(fn: Callable[..., Tensor], *inputs: Tensor, eps: float = 1e-6, ato
             bad = numpy.unravel_index(int(numpy.nanargmax(numpy.where(numpy.isfinite(err), err, numpy.inf))),
                                       x.shape)
             raise GradcheckError(
-                f"gradcheck({name}) failed for input {i} of shape {x.shape}: worst element {tuple(map(int, bad))}"
-                f" analytic {analytic[bad]:.6g} vs numeric {numeric[bad]:.6g} "
+                f"gradcheck({name}) failed for input {i} of shape {x.shape}: "
+                f"worst element {tuple(map(int, bad))} analytic {analytic[bad]:.6g} "
+                f"vs numeric {numeric[bad]:.6g} "
                 f"(atol={atol}, rtol={rtol}); {int((err > 0).sum())} of {err.size} elements off")
     return True

@@ -7,14 +7,14 @@ parameters (LoRA's base weights, a frozen reference model) cost no optimizer mem
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from minillm import backend as B
 from minillm.tensor import Tensor, no_grad
 
 
 class Optimizer:
-    """Holds parameter groups (each a dict with "params" and its own hyper-parameters) and per-parameter state."""
+    """Parameter groups (dicts with "params" and their own hyper-parameters) and per-parameter state."""
 
     defaults: dict = {}
 
@@ -81,7 +81,8 @@ class SGD(Optimizer):
                     g = g + group["weight_decay"] * p.data
                 if group["momentum"]:
                     st = self.state.setdefault(i, {})
-                    st["momentum"] = g.copy() if "momentum" not in st else group["momentum"] * st["momentum"] + g
+                    buf = st.get("momentum")
+                    st["momentum"] = g.copy() if buf is None else group["momentum"] * buf + g
                     g = st["momentum"]
                 p.data -= group["lr"] * g
 
@@ -140,7 +141,7 @@ def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> float:
 
 def cosine_with_warmup(step: int, max_lr: float, warmup_steps: int, total_steps: int,
                        min_lr: float = 0.0) -> float:
-    """Linear warmup to ``max_lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``total_steps``."""
+    """Linear warmup to ``max_lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at the end."""
     if warmup_steps > 0 and step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= total_steps:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy
 
@@ -63,6 +64,8 @@ class Tensor:
     def __init__(self, data: Any, requires_grad: bool = False, dtype=None, _op: str = ""):
         if isinstance(data, Tensor):
             data = data.data
+        if isinstance(data, numpy.generic):  # a NumPy scalar (e.g. from a full .sum()) keeps its dtype
+            data = numpy.asarray(data)
         if _is_array(data):
             arr = data if dtype is None else data.astype(dtype, copy=False)
             if type(arr).__module__.startswith("numpy") and B.name == "cupy":
@@ -81,6 +84,7 @@ class Tensor:
         self._backward: Callable | None = None
         self._op = _op
         self._retain = False
+        self._freed = False  # set when backward() frees the graph that produced this tensor
 
     # ------------------------------------------------------------------ basics
     shape = property(lambda self: self.data.shape)
@@ -164,6 +168,10 @@ class Tensor:
                 continue
             if id(node) in seen:
                 continue
+            if node._freed:
+                raise RuntimeError(f"backward: the graph behind this {node._op!r} result was freed by an "
+                                   "earlier backward(); pass retain_graph=True to the first call to "
+                                   "backpropagate twice")
             seen.add(id(node))
             stack.append((node, True))
             stack.extend((p, False) for p in node._prev if id(p) not in seen)
@@ -175,7 +183,7 @@ class Tensor:
                 if not node._retain:
                     node.grad = None
                 if not retain_graph:
-                    node._backward, node._prev = None, ()
+                    node._backward, node._prev, node._freed = None, (), True
 
     # ------------------------------------------------------------------ elementwise arithmetic
     def _lift(self, other) -> Tensor:
@@ -415,22 +423,24 @@ class Tensor:
     view = reshape
 
     def transpose(self, *axes) -> Tensor:
-        """Permute axes (``transpose()`` reverses them, like NumPy)."""
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        axes = axes or tuple(reversed(range(self.ndim)))
-        if len(axes) == 2 and self.ndim > 2:  # PyTorch-style transpose(dim0, dim1)
+        """``transpose(i, j)`` swaps two axes (PyTorch); ``transpose()`` reverses them all (NumPy, ``.T``)."""
+        if len(axes) == 2 and self.ndim >= 2 and all(isinstance(a, numbers.Integral) for a in axes):
             perm = list(range(self.ndim))
             i, j = (a % self.ndim for a in axes)
             perm[i], perm[j] = perm[j], perm[i]
-            axes = tuple(perm)
+            return self.permute(perm)
+        return self.permute(*axes)
+
+    def permute(self, *axes) -> Tensor:
+        """Reorder the axes: output axis k is input axis ``axes[k]`` (no axes: reverse them)."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        axes = tuple(int(a) % self.ndim for a in axes) or tuple(reversed(range(self.ndim)))
         out = self._result(B.xp.transpose(self.data, axes), (self,), "transpose")
         if out.requires_grad:
-            inv = tuple(numpy.argsort(axes))
+            inv = tuple(int(i) for i in numpy.argsort(axes))
             out._backward = lambda g: self._accum(B.xp.transpose(g, inv))
         return out
-
-    permute = transpose
 
     @property
     def T(self) -> Tensor:
