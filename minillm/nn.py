@@ -14,7 +14,7 @@ import numpy
 
 from minillm import backend as B
 from minillm import functional as F
-from minillm.tensor import Tensor
+from minillm.tensor import Tensor, concat
 
 
 class Parameter(Tensor):
@@ -330,3 +330,154 @@ class ModuleDict(Module):
 
     def __len__(self) -> int:
         return len(self._modules)
+
+
+# ====================================================================== transformer blocks
+# One attention, one feed-forward, one block: GPT, BERT, BART and T5 are all built from these.
+
+
+class MultiHeadAttention(Module):
+    """Multi-head scaled dot-product attention (Vaswani et al. 2017), self- or cross-attention.
+
+    Queries come from ``x``; keys and values from ``context`` (cross-attention) or ``x`` (self-attention).
+    The projections are named ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` (what LoRA targets).
+    ``scale`` defaults to 1/√head_dim (T5 sets it to 1.0).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True,
+                 cross: bool = False):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"MultiHeadAttention: d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.cross, self.scale = cross, None
+        self.q_proj = Linear(d_model, d_model, bias=bias)
+        self.k_proj = Linear(d_model, d_model, bias=bias)
+        self.v_proj = Linear(d_model, d_model, bias=bias)
+        self.out_proj = Linear(d_model, d_model, bias=bias)
+        self.dropout = Dropout(dropout)
+
+    def _heads(self, t: Tensor) -> Tensor:
+        Bsz, T, _ = t.shape
+        return t.reshape(Bsz, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask=None, key_padding_mask=None,
+                is_causal: bool = False, past_kv: tuple | None = None, use_cache: bool = False,
+                need_weights: bool = False, position_bias: Tensor | None = None):
+        """Attend from ``x`` (B, Tq, C) to ``context`` (B, Tk, C), or to ``x`` itself when no context.
+
+        mask: boolean, broadcastable to (B, nh, Tq, Tk), True where attention is allowed.
+        key_padding_mask: boolean (B, Tk), True marks a padding key nobody may attend to (with a past,
+            either (B, Tpast + Tk) or (B, Tk), in which case the past keys count as real).
+        is_causal: query i sees keys up to its own position (aligned to the end, so it works with a past).
+        past_kv: (k, v), each (B, nh, Tpast, hs), prepended to this call's keys and values: a KV cache, or
+            trainable prefixes (prefix tuning) — gradients flow into them.
+        position_bias: additive score bias broadcastable to (B, nh, Tq, Tk) (T5); it gets a gradient.
+
+        Returns y (B, Tq, C); with ``use_cache`` also present_kv = (k, v) including the past; with
+        ``need_weights`` also the attention probabilities (B, nh, Tq, Tk). Order: y, [present_kv], [weights].
+        """
+        if x.ndim != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"MultiHeadAttention: expected x of shape (B, T, {self.d_model}), got {x.shape}")
+        src = x if context is None else context
+        if src.ndim != 3 or src.shape[0] != x.shape[0] or src.shape[-1] != self.d_model:
+            raise ValueError(f"MultiHeadAttention: context {src.shape} does not fit x {x.shape}")
+        Bsz, Tq, C = x.shape
+        q = self._heads(self.q_proj(x))    # (B, nh, Tq, hs)
+        k = self._heads(self.k_proj(src))  # (B, nh, Tk, hs)
+        v = self._heads(self.v_proj(src))  # (B, nh, Tk, hs)
+        if past_kv is not None:
+            pk, pv = (t if isinstance(t, Tensor) else Tensor(t) for t in past_kv)
+            if pk.shape[0] == 1 and Bsz > 1:  # one shared prefix for the whole batch
+                ones = B.xp.ones((Bsz, 1, 1, 1), dtype=pk.dtype)
+                pk, pv = pk * ones, pv * ones
+            k = concat([pk, k], axis=2)  # (B, nh, Tpast + Tk, hs)
+            v = concat([pv, v], axis=2)
+        Tk = k.shape[2]
+        allowed = None if mask is None else B.xp.asarray(getattr(mask, "data", mask), dtype=bool)
+        if key_padding_mask is not None:
+            kpm = B.xp.asarray(getattr(key_padding_mask, "data", key_padding_mask), dtype=bool)
+            if kpm.ndim == 2 and kpm.shape[0] == Bsz and kpm.shape[1] < Tk:  # the past is never padding
+                kpm = B.xp.concatenate([B.xp.zeros((Bsz, Tk - kpm.shape[1]), dtype=bool), kpm], axis=1)
+            if kpm.shape != (Bsz, Tk):
+                raise ValueError(f"MultiHeadAttention: key_padding_mask has shape {kpm.shape}, "
+                                 f"expected (batch, keys) = ({Bsz}, {Tk})")
+            keep = ~kpm[:, None, None, :]  # (B, 1, 1, Tk)
+            allowed = keep if allowed is None else (allowed & keep)
+        res = F.scaled_dot_product_attention(q, k, v, mask=allowed, is_causal=is_causal, scale=self.scale,
+                                             bias=position_bias, return_weights=need_weights)
+        y, weights = res if need_weights else (res, None)
+        y = y.transpose(1, 2).reshape(Bsz, Tq, C)  # (B, Tq, C): heads side by side
+        y = self.dropout(self.out_proj(y))
+        out = (y,) + (((k, v),) if use_cache else ()) + ((weights,) if need_weights else ())
+        return out[0] if len(out) == 1 else out
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, cross={self.cross}"
+
+
+class FeedForward(Module):
+    """Position-wise MLP: down_proj(act(up_proj(x))), d_model → d_ff → d_model."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "gelu",
+                 bias: bool = True):
+        super().__init__()
+        acts = {"gelu": F.gelu, "relu": F.relu}
+        if activation not in acts:
+            raise ValueError(f"FeedForward: activation must be one of {sorted(acts)}, got {activation!r}")
+        self.activation, self._act = activation, acts[activation]
+        self.up_proj = Linear(d_model, d_ff, bias=bias)
+        self.down_proj = Linear(d_ff, d_model, bias=bias)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.down_proj(self._act(self.up_proj(x))))  # (B, T, d_ff) inside
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}"
+
+
+class TransformerBlock(Module):
+    """Pre-norm transformer block: x + Attn(LN(x)) [+ CrossAttn(LN(x), context)] + FFN(LN(x)).
+
+    ``causal=True`` for decoders (GPT, BART/T5 decoder), False for encoders (BERT). With
+    ``cross_attention`` the block also attends to an encoder's output (BART/T5 decoder).
+    Sub-modules: ``ln_1``, ``attn``, [``ln_cross``, ``cross_attn``], ``ln_2``, ``mlp``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int | None = None, dropout: float = 0.0,
+                 cross_attention: bool = False, norm: str = "layernorm", causal: bool = True,
+                 activation: str = "gelu", bias: bool = True):
+        super().__init__()
+        norms = {"layernorm": lambda: LayerNorm(d_model, bias=bias), "rmsnorm": lambda: RMSNorm(d_model)}
+        if norm not in norms:
+            raise ValueError(f"TransformerBlock: norm must be one of {sorted(norms)}, got {norm!r}")
+        self.causal, self.cross_attention = causal, cross_attention
+        self.ln_1 = norms[norm]()
+        self.attn = MultiHeadAttention(d_model, n_heads, dropout, bias=bias)
+        if cross_attention:
+            self.ln_cross = norms[norm]()
+            self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, bias=bias, cross=True)
+        self.ln_2 = norms[norm]()
+        self.mlp = FeedForward(d_model, d_ff or 4 * d_model, dropout, activation, bias=bias)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask=None, key_padding_mask=None,
+                context_key_padding_mask=None, past_kv: tuple | None = None, use_cache: bool = False,
+                position_bias: Tensor | None = None):
+        """x (B, T, C) → (B, T, C); with ``use_cache`` returns (y, present_kv) of the self-attention.
+
+        ``key_padding_mask`` (B, T) masks padded keys of ``x``; ``context_key_padding_mask`` (B, Tk) those
+        of the encoder output ``context``. ``position_bias`` goes to the self-attention only.
+        """
+        a = self.attn(self.ln_1(x), mask=mask, key_padding_mask=key_padding_mask, is_causal=self.causal,
+                      past_kv=past_kv, use_cache=use_cache, position_bias=position_bias)
+        a, present = a if use_cache else (a, None)
+        x = x + a
+        if self.cross_attention:
+            if context is None:
+                raise ValueError("TransformerBlock: this block has cross-attention; pass context= "
+                                 "(the encoder output, (B, Tk, C))")
+            x = x + self.cross_attn(self.ln_cross(x), context=context,
+                                    key_padding_mask=context_key_padding_mask)
+        x = x + self.mlp(self.ln_2(x))
+        return (x, present) if use_cache else x
