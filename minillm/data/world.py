@@ -113,6 +113,11 @@ GENERAL_FACTS: list[str] = [
 ]
 
 
+def coins(n: int) -> str:
+    """``1 coin``, ``3 coins``."""
+    return f"{n} coin" if n == 1 else f"{n} coins"
+
+
 def _town_facts() -> list[str]:
     out = []
     for town, w in WEATHER.items():
@@ -125,9 +130,9 @@ def _town_facts() -> list[str]:
 FACTS: list[str] = (
     [f"{n} is a {c['job']} who lives in {c['town']}." for n, c in CHARACTERS.items()]
     + _town_facts()
-    + [f"At the market, one {o} costs {v['price']} coins." for o, v in OBJECTS.items()
+    + [f"At the market, one {o} costs {coins(v['price'])}." for o, v in OBJECTS.items()
        if v["price"] and o in PLACES["market"]["objects"]]
-    + [f"At the {p}, one {o} costs {OBJECTS[o]['price']} coins." for p in ("bakery", "book shop", "toy shop")
+    + [f"At the {p}, one {o} costs {coins(OBJECTS[o]['price'])}." for p in ("bakery", "book shop", "toy shop")
        for o in PLACES[p]["objects"]]
     + GENERAL_FACTS
 )
@@ -168,7 +173,7 @@ def _story_counting(rng: random.Random) -> str:
          f"{_cap(p['subject'])} bought {count_phrase(have, obj)}."]
     if rng.random() < 0.3:
         cost = have * OBJECTS[obj]["price"]
-        s.append(f"Each {obj} cost {OBJECTS[obj]['price']} coins, so {p['subject']} paid {cost} coins.")
+        s.append(f"Each {obj} cost {coins(OBJECTS[obj]['price'])}, so {p['subject']} paid {coins(cost)}.")
     for step in range(rng.randint(1, 3)):
         then = "Then" if step == 0 else rng.choice(["After that,", "Later,"])
         friend = rng.choice([n for n in CHARACTERS if n != name])
@@ -299,8 +304,33 @@ def tool_call_examples(seed: int = 0, n: int = 50) -> list[str]:
     return out
 
 
+def question_examples(seed: int = 0, n: int = 60) -> list[str]:
+    """Questions and answers about the world in the plain words later phases use (chat, sentiment,
+    arithmetic, summaries), so the shipped tokenizer has single tokens for them too."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        name, town = rng.choice(list(CHARACTERS)), rng.choice(TOWNS)
+        obj, a, b = rng.choice(list(OBJECTS)), rng.randint(1, 20), rng.randint(1, 20)
+        out += [
+            f"Question: What is the weather in {town}? Answer: It is {WEATHER[town]['condition']} and "
+            f"{WEATHER[town]['temp_c']} degrees C.",
+            f"Question: How many {OBJECTS[obj]['plural']} does {name} have now? Answer: {a}.",
+            f"Question: What is {a} + {b}? Answer: {a + b}. What is {a} - {b}? Answer: {a - b}. "
+            f"What is {a} * {b}? Answer: {a * b}.",
+            f"Question: Where does {name} live? Answer: {name} lives in {CHARACTERS[name]['town']}.",
+            f"Question: Is the review positive or negative? Review: The {obj} was not "
+            f"{rng.choice(list(ADJECTIVES))}. Answer: {rng.choice(['positive', 'negative'])}.",
+            "Summary: " + rng.choice(FACTS),
+            f"System: You are a helpful assistant. User: Hello! Can you help me, please? Assistant: Yes, "
+            f"of course. I can use the tools get_weather, calculator and web_search. The temperature is "
+            f"{WEATHER[town]['temp_c']} degrees in celsius. Sorry, I don't know. Thank you.",
+        ]
+    return out
+
+
 def tokenizer_training_text(n_chars: int = 1_000_000, seed: int = 0) -> str:
-    """The shipped tokenizer's training text: world stories (~97%) plus the facts and some tool-call JSON,
-    so the one tokenizer also covers the formats of later phases compactly."""
-    extra = "\n\n".join(FACTS + tool_call_examples(seed))
+    """The shipped tokenizer's training text: world stories (~95%) plus the facts, questions and some
+    tool-call JSON, so the one tokenizer also covers the formats of later phases compactly."""
+    extra = "\n\n".join(FACTS + question_examples(seed) + tool_call_examples(seed))
     return generate_corpus_chars(max(0, n_chars - len(extra)), seed) + "\n\n" + extra
