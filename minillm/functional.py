@@ -48,7 +48,7 @@ def gelu(x: Tensor) -> Tensor:
     """GELU, tanh approximation (Hendrycks & Gimpel 2016), as in GPT-2 and BERT."""
     x = _t(x)
     xd = x.data
-    u = _GELU_C * (xd + 0.044715 * xd ** 3)
+    u = _GELU_C * (xd + 0.044715 * (xd * xd * xd))  # not xd ** 3: NumPy's pow is 20x slower
     t = B.xp.tanh(u)
     out = Tensor._result(0.5 * xd * (1 + t), (x,), "gelu")
     if out.requires_grad:
