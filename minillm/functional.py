@@ -330,6 +330,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_
                 v._accum(B.matmul_tn(p, g))
             dp = B.matmul_nt(g, v.data)
             ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+            if allowed is not None:  # masked scores are constants (a fully masked row has p > 0 there)
+                ds = B.xp.where(allowed, ds, 0)
             if q.requires_grad:
                 q._accum(B.xp.matmul(ds, k.data) * scale)
             if k.requires_grad:
