@@ -1,0 +1,113 @@
+"""Causal-LM pre-training of a GPT on the built-in world corpus or a user's text file.
+
+Used by ``minillm pretrain --objective clm``, by ``minillm pipeline`` and to produce the shipped
+``minillm/checkpoints/gpt_tiny.npz``. The training loop itself is ``minillm.train.train``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy
+
+from minillm import backend as B
+from minillm.models.gpt import GPT, GPTConfig
+from minillm.train import TrainConfig, lm_loss, train
+
+SHIPPED_GPT = Path(__file__).resolve().parent / "checkpoints" / "gpt_tiny.npz"
+
+
+def lm_tokens(tokenizer, data: str | None = None, num_stories: int = 20_000, seed: int = 0) -> numpy.ndarray:
+    """One token stream: the world's stories, each followed by ``<|endoftext|>``, or a user's text file
+    (encoded as ordinary text: special-token strings in it stay plain text)."""
+    if data is not None:
+        from minillm.data.lm import load_text
+
+        return numpy.asarray(tokenizer.encode(load_text(data), allowed_special="none"), dtype=numpy.int64)
+    from minillm.data.world import generate_corpus
+
+    eos = tokenizer.eos_id
+    ids: list[int] = []
+    for story in generate_corpus(num_stories, seed).split("\n\n"):
+        ids.extend(tokenizer.encode(story))
+        ids.append(eos)
+    return numpy.asarray(ids, dtype=numpy.int64)
+
+
+def lm_batches(train_tokens, val_tokens, batch_size: int, context_length: int):
+    """``get_batch(split, rng)`` for ``train``: random next-token windows from either split."""
+    from minillm.data.lm import get_batch
+
+    def get(split: str, rng):
+        return get_batch(train_tokens if split == "train" else val_tokens, batch_size, context_length, rng)
+    return get
+
+
+def pretrain_gpt(tokenizer, model_config: GPTConfig, train_config: TrainConfig, data: str | None = None,
+                 num_stories: int = 20_000, val_fraction: float = 0.05, resume: str | None = None,
+                 export: str | None = None, export_dtype: str | None = None) -> dict:
+    """Train a GPT by next-token prediction; returns model, history, tokens and timing.
+
+    Writes ``out_dir/checkpoint.npz`` (resumable) and ``out_dir/model.npz`` (weights + tokenizer) when
+    ``train_config.out_dir`` is set, and ``export`` (weights + tokenizer, optionally float16) if given.
+    """
+    from minillm.data.lm import train_val_split
+
+    tokens = lm_tokens(tokenizer, data, num_stories, train_config.seed)
+    if int(tokens.max()) >= model_config.vocab_size:
+        raise ValueError(f"pretrain: the data has token id {int(tokens.max())} but vocab_size is "
+                         f"{model_config.vocab_size}; use the tokenizer's ({tokenizer.vocab_size})")
+    train_tokens, val_tokens = train_val_split(tokens, val_fraction)
+    B.manual_seed(train_config.seed)
+    model = GPT(model_config)
+    get = lm_batches(train_tokens, val_tokens, train_config.batch_size, model_config.context_length)
+    t0 = time.perf_counter()
+    tok_json = None
+    if train_config.out_dir:
+        import json
+
+        tok_json = json.dumps(tokenizer.to_dict(), ensure_ascii=False)
+    history = train(model, lm_loss, get, train_config, resume=resume,
+                    checkpoint_extra={"tokenizer": tok_json} if tok_json else None)
+    seconds = time.perf_counter() - t0
+    extra = {"history": {k: history[k] for k in ("step", "loss", "val_step", "val_loss")},
+             "train_config": {k: v for k, v in asdict(train_config).items() if k != "extra"}}
+    if train_config.out_dir:
+        model.save_checkpoint(Path(train_config.out_dir) / "model.npz", tokenizer, extra=extra)
+    if export:
+        model.save_checkpoint(export, tokenizer, dtype=export_dtype, extra=extra)
+    return {"model": model, "history": history, "seconds": seconds, "train_tokens": len(train_tokens),
+            "val_tokens": len(val_tokens)}
+
+
+def main_clm(args) -> int:
+    """``minillm pretrain --objective clm``: the CLI front end of ``pretrain_gpt``."""
+    from minillm.generate import generate_text
+    from minillm.tokenizer import BPETokenizer, load_default_tokenizer
+
+    tok = BPETokenizer.load(args.tokenizer) if args.tokenizer else load_default_tokenizer()
+    mcfg = GPTConfig(vocab_size=tok.vocab_size, context_length=args.context_length, d_model=args.d_model,
+                     n_heads=args.n_heads, n_layers=args.n_layers, dropout=args.dropout, d_ff=args.d_ff)
+    tcfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=args.warmup, batch_size=args.batch_size,
+                       eval_every=args.eval_every, eval_steps=args.eval_steps,
+                       checkpoint_every=args.checkpoint_every, out_dir=args.out, seed=args.seed,
+                       progress=not args.no_progress)
+    res = pretrain_gpt(tok, mcfg, tcfg, data=args.data, num_stories=args.num_stories, resume=args.resume,
+                       export=args.export, export_dtype=args.export_dtype)
+    h, model = res["history"], res["model"]
+    print(f"GPT {model.num_parameters():,} parameters ({mcfg.n_layers} layers, d_model {mcfg.d_model}, "
+          f"{mcfg.n_heads} heads, context {mcfg.context_length}); {res['train_tokens']:,} train / "
+          f"{res['val_tokens']:,} val tokens")
+    if h["loss"]:
+        print(f"steps {h['step'][-1]}  train loss {numpy.mean(h['loss'][-20:]):.4f} (mean of last 20)  "
+              f"time {res['seconds']:.1f} s")
+    if h["val_loss"]:
+        print(f"val loss {h['val_loss'][-1]:.4f}  perplexity {h['val_ppl'][-1]:.3f}")
+    if args.out:
+        print(f"checkpoints: {Path(args.out) / 'checkpoint.npz'} (resumable), {Path(args.out) / 'model.npz'}")
+    if args.export:
+        print(f"exported: {args.export}")
+    print("sample:", repr(generate_text(model, tok, "", 60, temperature=0.8, top_k=50, seed=args.seed)))
+    return 0
