@@ -8,6 +8,7 @@ import sys
 
 BENCHMARKS = {
     "autograd": "minillm.bench.autograd",
+    "train": "minillm.bench.train",
 }
 
 
@@ -21,6 +22,80 @@ def _cmd_bench(args) -> int:
             return 2
         importlib.import_module(module).main(args)
     return 0
+
+
+# `minillm pretrain --objective NAME` → "module:function(args)"; other objectives add themselves here.
+PRETRAIN_OBJECTIVES = {
+    "clm": "minillm.pretrain:main_clm",
+}
+
+
+def _cmd_pretrain(args) -> int:
+    module, fn = PRETRAIN_OBJECTIVES[args.objective].split(":")
+    return int(getattr(importlib.import_module(module), fn)(args) or 0)
+
+
+def _cmd_generate(args) -> int:
+    from minillm.generate import generate_text
+    from minillm.models.gpt import GPT, load_checkpoint_tokenizer
+    from minillm.pretrain import SHIPPED_GPT
+    from minillm.tokenizer import load_default_tokenizer
+
+    ckpt = args.ckpt or SHIPPED_GPT
+    model = GPT.from_checkpoint(ckpt)
+    tok = load_checkpoint_tokenizer(ckpt) or load_default_tokenizer()
+    for i in range(args.num_samples):
+        seed = None if args.seed is None else args.seed + i
+        text = generate_text(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=seed,
+                             use_cache=not args.no_cache)
+        print(args.prompt + text)
+        if i + 1 < args.num_samples:
+            print("---")
+    return 0
+
+
+def _add_pretrain_parser(sub) -> None:
+    pt = sub.add_parser("pretrain", help="pre-train a model (clm: GPT next-token prediction)")
+    pt.add_argument("--objective", choices=list(PRETRAIN_OBJECTIVES), default="clm",
+                    help="training objective (clm = causal LM, a GPT)")
+    pt.add_argument("--data", help="a UTF-8 text file (default: the built-in world stories)")
+    pt.add_argument("--num-stories", type=int, default=20_000, help="size of the built-in corpus")
+    pt.add_argument("--tokenizer", help="tokenizer JSON (default: the shipped one)")
+    pt.add_argument("--steps", type=int, default=1000)
+    pt.add_argument("--out", default="runs/pretrain", help="folder for checkpoint.npz and model.npz")
+    pt.add_argument("--resume", help="continue from this checkpoint.npz")
+    pt.add_argument("--export", help="also write weights + tokenizer here (e.g. a shipped checkpoint)")
+    pt.add_argument("--export-dtype", choices=["float32", "float16"], default=None,
+                    help="dtype of the exported weights (float16 halves the file)")
+    pt.add_argument("--d-model", type=int, default=128)
+    pt.add_argument("--n-layers", type=int, default=4)
+    pt.add_argument("--n-heads", type=int, default=4)
+    pt.add_argument("--d-ff", type=int, default=None, help="feed-forward width (default 4·d_model)")
+    pt.add_argument("--context-length", type=int, default=128)
+    pt.add_argument("--dropout", type=float, default=0.0)
+    pt.add_argument("--batch-size", type=int, default=16)
+    pt.add_argument("--lr", type=float, default=1e-3)
+    pt.add_argument("--warmup", type=int, default=100)
+    pt.add_argument("--eval-every", type=int, default=100)
+    pt.add_argument("--eval-steps", type=int, default=10)
+    pt.add_argument("--checkpoint-every", type=int, default=200)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pt.set_defaults(func=_cmd_pretrain)
+
+    g = sub.add_parser("generate", help="sample text from a GPT checkpoint")
+    g.add_argument("--ckpt", help="checkpoint (default: the shipped minillm/checkpoints/gpt_tiny.npz)")
+    g.add_argument("--prompt", default="", help="text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=100)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    g.add_argument("--num-samples", type=int, default=1)
+    g.add_argument("--no-cache", action="store_true", help="recompute every position (no KV cache)")
+    g.set_defaults(func=_cmd_generate)
 
 
 def _cmd_pipeline(args) -> int:
@@ -46,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="runs/pipeline", help="where checkpoints and reports go")
     pl.add_argument("--seed", type=int, default=0)
     pl.set_defaults(func=_cmd_pipeline)
+
+    _add_pretrain_parser(sub)
     return p
 
 
