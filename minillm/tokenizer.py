@@ -376,8 +376,9 @@ class BPETokenizer:
         base = 256 + len(merges)
         expected = list(range(base, base + len(specials)))
         if [i for _, i in specials] != expected:
+            got = [i for _, i in specials]
             raise bad(f"special token ids must be {base}..{base + len(specials) - 1} (right after the "
-                      f"merges), got {[i for _, i in specials]}")
+                      f"merges), got {got if len(got) < 6 else f'{got[:3]} ... {got[-2:]}'}")
         try:
             tok = cls([tuple(m) for m in merges], [s for s, _ in specials], d["pattern"])
         except TokenizerError as e:
