@@ -175,6 +175,11 @@ class Tensor:
             seen.add(id(node))
             stack.append((node, True))
             stack.extend((p, False) for p in node._prev if id(p) not in seen)
+        # an intermediate's .grad is this pass's buffer: set aside what a retained one kept from earlier
+        earlier = {id(n): n.grad for n in topo if n._prev and n.grad is not None}
+        for n in topo:
+            if id(n) in earlier:
+                n.grad = None
         self._accum(grad)
         for node in reversed(topo):
             if node._backward is not None and node.grad is not None:
@@ -182,6 +187,8 @@ class Tensor:
             if node._prev:  # an intermediate result
                 if not node._retain:
                     node.grad = None
+                elif id(node) in earlier:  # retained grads accumulate across passes, like a leaf's
+                    node.grad = earlier[id(node)] if node.grad is None else earlier[id(node)] + node.grad
                 if not retain_graph:
                     node._backward, node._prev, node._freed = None, (), True
 

@@ -120,7 +120,7 @@ def positive_arrays(shape, low: float = 0.5, high: float = 2.0) -> st.SearchStra
 
 def tensor64(a, requires_grad: bool = True) -> Tensor:
     """A float64 Tensor (a contiguous copy of ``a``) that requires grad: what ``gradcheck`` needs."""
-    return Tensor(np.ascontiguousarray(a, dtype=np.float64).copy(), requires_grad=requires_grad)
+    return Tensor(np.array(a, dtype=np.float64, order="C", copy=True), requires_grad=requires_grad)
 
 
 def tensors(shape, requires_grad: bool = True, **value_kwargs) -> st.SearchStrategy[Tensor]:
