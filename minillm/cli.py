@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = {
     "autograd": "minillm.bench.autograd",
     "train": "minillm.bench.train",
+    "tokenizer": "minillm.bench.tokenizer",
 }
 
 
@@ -104,6 +105,12 @@ def _cmd_pipeline(args) -> int:
     return run_pipeline(args)
 
 
+def _cmd_memory(args) -> int:
+    from minillm.peft import memory
+
+    return memory.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minillm", description=__doc__)
     p.add_argument("--backend", choices=["numpy", "cupy"],
@@ -123,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=_cmd_pipeline)
 
     _add_pretrain_parser(sub)
+
+    me = sub.add_parser("memory", help="fine-tuning memory: weights, gradients, optimizer, activations")
+    from minillm.peft.memory import add_arguments as _memory_arguments
+
+    _memory_arguments(me)
+    me.set_defaults(func=_cmd_memory)
     return p
 
 
