@@ -7,6 +7,7 @@ token t+1.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -125,17 +126,23 @@ class GPT(nn.Module):
         return (logits, loss, present) if use_cache else (logits, loss)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, path, tokenizer=None, extra: dict | None = None) -> None:
-        """Write config + weights (+ the tokenizer's JSON text, or a path to it) with ``minillm.save``."""
-        state = {"kind": "gpt", "config": asdict(self.config), "model": self.state_dict()}
+    def save_checkpoint(self, path, tokenizer=None, dtype=None, extra: dict | None = None) -> None:
+        """Write config + weights (+ the tokenizer, embedded as JSON) with ``minillm.save``.
+
+        ``dtype="float16"`` halves the file (weights load back into float32 parameters).
+        """
+        sd = self.state_dict()
+        if dtype is not None:
+            sd = {k: B.to_numpy(v).astype(dtype) for k, v in sd.items()}
+        state = {"kind": "gpt", "config": asdict(self.config), "model": sd}
         if tokenizer is not None:
-            state["tokenizer"] = tokenizer if isinstance(tokenizer, str) else tokenizer_json(tokenizer)
+            state["tokenizer"] = json.dumps(tokenizer.to_dict(), ensure_ascii=False)
         state.update(extra or {})
         save(state, path)
 
     @classmethod
     def from_checkpoint(cls, path) -> GPT:
-        """A GPT rebuilt from a checkpoint written by ``save_checkpoint`` or ``minillm.train``."""
+        """A GPT rebuilt from a checkpoint written by ``save_checkpoint`` or ``minillm.train.train``."""
         state = load(path)
         if not isinstance(state, dict) or "config" not in state or "model" not in state:
             raise CheckpointError(f"{path} holds no GPT (expected 'config' and 'model' entries)")
@@ -145,40 +152,12 @@ class GPT(nn.Module):
         return model
 
 
-def tokenizer_json(tokenizer) -> str:
-    """The tokenizer's saved JSON as text (so a checkpoint carries its own tokenizer)."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
-        tokenizer.save(tmp)
-        with open(tmp, encoding="utf-8") as f:
-            return f.read()
-    finally:
-        os.unlink(tmp)
-
-
 def load_checkpoint_tokenizer(path):
-    """The tokenizer stored in a checkpoint (JSON text or a path), or None if it has none."""
+    """The tokenizer embedded in a checkpoint, or None if it has none."""
     from minillm.tokenizer import BPETokenizer
 
     state = load(path)
     tok = state.get("tokenizer") if isinstance(state, dict) else None
     if tok is None:
         return None
-    if tok.lstrip().startswith("{"):
-        import os
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(tok)
-        try:
-            return BPETokenizer.load(tmp)
-        finally:
-            os.unlink(tmp)
-    return BPETokenizer.load(tok)
-
-
+    return BPETokenizer.from_dict(json.loads(tok), source=f"tokenizer in {path}")
