@@ -159,12 +159,12 @@ class Module:
             for pname, p in m._parameters.items():
                 key = f"{mname}.{pname}" if mname else pname
                 if key in state:
-                    p.data = B.asarray(state[key], dtype=p.dtype)
+                    p.data = B.xp.array(state[key], dtype=p.dtype)  # a copy: never share with the source
             for bname in m._buffers:
                 key = f"{mname}.{bname}" if mname else bname
                 if key in state:
                     val = getattr(m, bname)
-                    arr = B.asarray(state[key], dtype=getattr(val, "dtype", None))
+                    arr = B.xp.array(state[key], dtype=getattr(val, "dtype", None))
                     if isinstance(val, Tensor):
                         val.data = arr
                     else:

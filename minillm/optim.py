@@ -13,6 +13,11 @@ from minillm import backend as B
 from minillm.tensor import Tensor, no_grad
 
 
+def _copy(v):
+    """A snapshot of a state value (moment buffers are updated in place, so never hand out a view)."""
+    return v.copy() if getattr(v, "ndim", 0) else v
+
+
 class Optimizer:
     """Parameter groups (dicts with "params" and their own hyper-parameters) and per-parameter state."""
 
@@ -49,14 +54,14 @@ class Optimizer:
     def state_dict(self) -> dict:
         return {"step_count": self.step_count,
                 "lr": [g["lr"] for g in self.param_groups],
-                "state": {str(i): dict(s) for i, s in self.state.items()}}
+                "state": {str(i): {k: _copy(v) for k, v in s.items()} for i, s in self.state.items()}}
 
     def load_state_dict(self, sd: dict) -> None:
         self.step_count = int(sd["step_count"])
         for g, lr in zip(self.param_groups, sd["lr"]):
             g["lr"] = float(lr)
-        self.state = {int(i): {k: (B.asarray(v) if hasattr(v, "shape") and getattr(v, "ndim", 0) else v)
-                               for k, v in s.items()} for i, s in sd["state"].items()}
+        self.state = {int(i): {k: (B.xp.array(v) if getattr(v, "ndim", 0) else v) for k, v in s.items()}
+                      for i, s in sd["state"].items()}
 
     def step(self) -> None:
         raise NotImplementedError
