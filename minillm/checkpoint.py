@@ -103,7 +103,8 @@ def load(path):
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as e:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError,
+            NotImplementedError) as e:  # a flipped header byte can claim an unknown zip version/method
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {type(e).__name__}: {e}") from e
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a minillm checkpoint (format {meta.get('format')!r})")
