@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import operator
 import os
 import re
 import tempfile
@@ -265,10 +266,15 @@ class BPETokenizer:
     # ------------------------------------------------------------------ decoding
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Ids -> the raw bytes they stand for (special tokens as their UTF-8 text)."""
+        if hasattr(ids, "tolist"):  # NumPy/CuPy arrays: one conversion instead of per-element indexing
+            ids = ids.tolist()
         parts = []
         nb = len(self._bytes)
         for i in ids:
-            i = int(i)
+            try:
+                i = operator.index(i)  # ints and NumPy ints; a float id is a bug upstream, not a token
+            except TypeError:
+                raise TypeError(f"decode: token ids must be integers, got {i!r}") from None
             if 0 <= i < nb:
                 parts.append(self._bytes[i])
             elif i in self._special_by_id:

@@ -6,6 +6,7 @@ import json
 import re
 from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -152,6 +153,10 @@ def test_decode_bad_ids_and_partial_characters(tok):
         tok.decode([1, tok.vocab_size])
     with pytest.raises(ValueError, match="token id -1"):
         tok.decode([-1])
+    with pytest.raises(TypeError, match="must be integers, got 3.0"):
+        tok.decode([1, 3.0])
+    ids = tok.encode("Mia went home.")
+    assert tok.decode(np.array(ids)) == tok.decode([np.int64(i) for i in ids]) == "Mia went home."
     cut = tok.encode("😀")[:1] if len(tok.encode("😀")) > 1 else list("😀".encode())[:2]
     assert tok.decode(cut) == "\ufffd"  # a sequence cut mid-character decodes, marked, without raising
     with pytest.raises(UnicodeDecodeError):
