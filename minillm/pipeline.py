@@ -11,29 +11,56 @@ import time
 from minillm import backend as B
 
 
-def phase_autograd_mlp(ctx: dict) -> dict:
-    """Step 1's demo: a small MLP learns two moons with AdamW (full-batch)."""
-    from minillm import functional as F
-    from minillm import nn, optim
-    from minillm.data.toy import make_moons
-    from minillm.tensor import Tensor, no_grad
+def phase_pretrain(ctx: dict) -> dict:
+    """Pre-train a small GPT on the world's stories with the shipped tokenizer (next-token prediction).
 
-    X, y = make_moons(256, noise=0.1, seed=ctx["seed"])
-    model = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 2))
-    opt = optim.AdamW(model.parameters(), lr=0.03, weight_decay=0.0)
-    steps = 60 if ctx["quick"] else 300
-    for _ in range(steps):
-        loss = F.cross_entropy(model(Tensor(X)), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with no_grad():
-        acc = float((model(Tensor(X)).numpy().argmax(-1) == y).mean())
-    return {"steps": steps, "final loss": loss.item(), "train accuracy": acc}
+    Leaves for later phases: ctx["tokenizer"], ctx["gpt"] (the model), ctx["gpt_ckpt"] (its checkpoint with
+    the tokenizer inside) and ctx["shipped_gpt"] (the stronger shipped gpt_tiny.npz, for phases that need a
+    well-trained start).
+    """
+    from pathlib import Path
+
+    import numpy
+
+    from minillm.generate import generate_text
+    from minillm.models.gpt import GPTConfig
+    from minillm.pretrain import SHIPPED_GPT, pretrain_gpt
+    from minillm.tokenizer import load_default_tokenizer
+    from minillm.train import TrainConfig
+
+    tok = load_default_tokenizer()
+    if ctx["quick"]:
+        size = dict(d_model=32, n_layers=2, n_heads=2, context_length=32)
+        steps, batch, stories, lr = 40, 8, 300, 3e-3
+    else:
+        size = dict(d_model=64, n_layers=4, n_heads=4, context_length=64)
+        steps, batch, stories, lr = 800, 16, 10_000, 2e-3
+    out = Path(ctx["out"]) / "pretrain"
+    mcfg = GPTConfig(vocab_size=tok.vocab_size, **size)
+    tcfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 20), batch_size=batch,
+                       eval_every=max(1, steps // 4), eval_steps=5 if ctx["quick"] else 20, out_dir=str(out),
+                       seed=ctx["seed"], progress=False)
+    res = pretrain_gpt(tok, mcfg, tcfg, num_stories=stories)
+    h, model = res["history"], res["model"]
+    sample = generate_text(model, tok, "Mia went to", 30, temperature=0.7, top_k=20, seed=ctx["seed"])
+    ctx.update(tokenizer=tok, gpt=model, gpt_ckpt=str(out / "model.npz"), shipped_gpt=str(SHIPPED_GPT))
+    return {
+        "GPT parameters": model.num_parameters(),
+        "size": f"{mcfg.n_layers} layers, d_model {mcfg.d_model}, {mcfg.n_heads} heads, context "
+                f"{mcfg.context_length}",
+        "tokens (train / val)": f"{res['train_tokens']:,} / {res['val_tokens']:,}",
+        "steps x batch": f"{steps} x {batch}",
+        "train loss (last 20)": float(numpy.mean(h["loss"][-20:])),
+        "val loss": h["val_loss"][-1],
+        "val perplexity": h["val_ppl"][-1],
+        "tokens/s": float(numpy.median(h["tokens_per_s"])),
+        "sample": repr("Mia went to" + sample),
+        "checkpoint": ctx["gpt_ckpt"],
+    }
 
 
 PHASES = [
-    ("autograd: MLP on two moons", phase_autograd_mlp),
+    ("pre-training: a GPT learns the world's stories", phase_pretrain),
 ]
 
 
