@@ -1,0 +1,292 @@
+"""Supervised fine-tuning (SFT): teach a pre-trained GPT to answer in the chat template, and measure it.
+
+Data: conversations from ``minillm.data`` (code, chain-of-thought and direct word problems, tool use) or a
+user's JSONL file, rendered by ``minillm.chat.render`` with a loss mask so only the assistant's tokens are
+learned. Training: ``minillm.train.train`` (the one loop) with ``sft_loss``. Evaluation on held-out
+prompts, greedy decoding, before and after:
+
+- code: pass@1, the hidden unit tests run by ``minillm.sandbox`` in a separate limited process;
+- word problems: exact-match accuracy of the final number, chain of thought vs direct, by number of steps;
+- tools: right tool, right arguments, and right final answer with the agent loop really running the tool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy
+
+from minillm import chat
+from minillm.train import TrainConfig, train
+
+TASKS = ("code", "cot", "direct", "tools", "mix")
+SHIPPED_SFT = Path(__file__).resolve().parent / "checkpoints" / "gpt_sft.npz"
+
+
+# ------------------------------------------------------------------------------------------- data
+def task_examples(task: str, n: int, seed: int) -> list[dict]:
+    """``n`` examples of a task (for "mix": about n/4 of each, word problems in both renderings)."""
+    from minillm.data.code_tasks import code_dataset
+    from minillm.data.tool_conversations import tool_dataset
+    from minillm.data.word_problems import word_problem_dataset
+
+    if task == "code":
+        return code_dataset(n, seed)
+    if task == "cot":
+        return word_problem_dataset(n, seed, cot=True)
+    if task == "direct":
+        return word_problem_dataset(n, seed, cot=False)
+    if task == "tools":
+        return tool_dataset(n, seed)
+    if task == "mix":
+        k = max(1, n // 4)
+        return code_dataset(k, seed) + word_problem_dataset(k, seed) + tool_dataset(k, seed)
+    raise ValueError(f"unknown SFT task {task!r}; choose from {TASKS}")
+
+
+def split_heldout(task: str, n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Training examples and held-out evaluation examples whose prompts never occur in training."""
+    heldout = task_examples(task, n_eval, seed + 1000)
+    seen = {_prompt_key(ex) for ex in heldout}
+    train_ex = [ex for ex in task_examples(task, n_train, seed) if _prompt_key(ex) not in seen]
+    return train_ex, heldout
+
+
+def _prompt_key(ex: dict) -> str:
+    return next((m["content"] for m in ex["messages"] if m["role"] == "user"), "")
+
+
+def encode_examples(examples: list[dict], tokenizer, context_length: int) -> tuple[list, int]:
+    """(inputs, labels) pairs for examples that fit the context (``context_length + 1`` rendered tokens);
+    returns them and how many were dropped as too long."""
+    out, dropped = [], 0
+    for ex in examples:
+        ids, mask = chat.render(ex["messages"], tokenizer)
+        if len(ids) > context_length + 1:
+            dropped += 1
+            continue
+        out.append(chat.sft_example(ids, mask))
+    return out, dropped
+
+
+def sft_batches(train_pairs: list, val_pairs: list, batch_size: int, pad_id: int):
+    """``get_batch(split, rng)`` for ``train``: a random batch, right-padded to its longest example."""
+    def get_batch(split: str, rng):
+        pairs = train_pairs if split == "train" else val_pairs
+        idx = rng.integers(0, len(pairs), size=batch_size)
+        return chat.collate([pairs[i] for i in idx], pad_id)
+
+    return get_batch
+
+
+def sft_loss(model, batch):
+    """Mean cross-entropy over the assistant's tokens only (labels -100 elsewhere are ignored)."""
+    x, y = batch
+    _, loss = model(x, y)
+    return loss, {"tokens": int((y != chat.IGNORE_INDEX).sum())}
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def eval_code(generate, examples: list[dict], timeout: float = 3.0) -> dict:
+    """pass@1 (greedy): the share of held-out tasks whose generated function passes all hidden tests."""
+    from minillm.sandbox import run_tests
+
+    per_family, statuses, samples = defaultdict(list), defaultdict(int), []
+    for ex in examples:
+        code = generate(ex["messages"][:1])
+        r = run_tests(code, ex["meta"]["entry_point"], ex["meta"]["tests"], timeout=timeout)
+        per_family[ex["meta"]["family"]].append(r.ok)
+        statuses[r.status] += 1
+        if len(samples) < 3:
+            samples.append((ex["messages"][0]["content"], code, r.status))
+    passed = [ok for v in per_family.values() for ok in v]
+    return {"pass@1": float(numpy.mean(passed)) if passed else 0.0, "n": len(passed),
+            "statuses": dict(statuses), "samples": samples}
+
+
+def eval_word_problems(generate, examples: list[dict]) -> dict:
+    """Exact-match accuracy of the final number for chain-of-thought and direct prompts of the same
+    held-out problems, overall and by number of steps."""
+    from minillm.data.word_problems import DIRECT_SUFFIX, extract_answer
+
+    hits: dict[str, dict[int, list]] = {"cot": defaultdict(list), "direct": defaultdict(list)}
+    seen = set()
+    for ex in examples:
+        q = ex["meta"]["question"]
+        if q in seen:
+            continue
+        seen.add(q)
+        for style, prompt in (("cot", q), ("direct", f"{q} {DIRECT_SUFFIX}")):
+            reply = generate([{"role": "user", "content": prompt}])
+            hits[style][ex["meta"]["steps"]].append(extract_answer(reply) == ex["meta"]["answer"])
+    out: dict = {}
+    for style, by in hits.items():
+        allv = [h for v in by.values() for h in v]
+        out[f"{style} accuracy"] = float(numpy.mean(allv)) if allv else 0.0
+        out[f"{style} by steps"] = {s: float(numpy.mean(v)) for s, v in sorted(by.items())}
+    out["n"] = len(seen)
+    return out
+
+
+def eval_tools(generate, examples: list[dict], registry=None, max_calls: int = 3) -> dict:
+    """With the agent loop running: did the model call the right tool, with the right arguments (after
+    defaults), and does its final answer contain the tool's result?"""
+    from minillm.tools import default_registry, run_agent_turn
+
+    registry = registry or default_registry()
+    tool_ok, args_ok, answer_ok, calls = [], [], [], 0
+    for ex in examples:
+        meta = ex["meta"]
+        msgs, trace = run_agent_turn(generate, ex["messages"][:1], registry, max_calls=max_calls)
+        first = next((s for s in trace if s.result is not None), None)
+        calls += sum(s.result is not None for s in trace)
+        tool_ok.append(first is not None and first.name == meta["tool"])
+        want = registry.tools[meta["tool"]].validate(meta["arguments"])
+        args_ok.append(bool(tool_ok[-1] and first.result.ok and first.result.arguments == want))
+        final = msgs[-1]["content"] or ""
+        answer_ok.append(meta["check"] in final)
+    n = max(1, len(examples))
+    return {"tool accuracy": sum(tool_ok) / n, "arguments accuracy": sum(args_ok) / n,
+            "answer accuracy": sum(answer_ok) / n, "calls per turn": calls / n, "n": len(examples)}
+
+
+def evaluate_sft(model, tokenizer, heldout: dict[str, list[dict]], max_new_tokens: int = 96) -> dict:
+    """Every evaluation whose held-out examples are given (keys "code", "cot", "tools")."""
+    generate = chat.make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0)
+    out = {}
+    if heldout.get("code"):
+        out["code"] = eval_code(generate, heldout["code"])
+    if heldout.get("cot"):
+        out["cot"] = eval_word_problems(generate, heldout["cot"])
+    if heldout.get("tools"):
+        gen_tools = chat.make_generate_fn(model, tokenizer, max_new_tokens=64)
+        out["tools"] = eval_tools(gen_tools, heldout["tools"])
+    return out
+
+
+def summary_rows(before: dict, after: dict) -> dict:
+    """Flat "metric: before -> after" rows for the report card."""
+    rows = {}
+    if "code" in after:
+        rows["code pass@1"] = f"{before['code']['pass@1']:.2f} -> {after['code']['pass@1']:.2f}"
+    if "cot" in after:
+        for style in ("cot", "direct"):
+            b, a = before["cot"][f"{style} by steps"], after["cot"][f"{style} by steps"]
+            rows[f"{style} accuracy"] = f"{before['cot'][f'{style} accuracy']:.2f} -> " \
+                                        f"{after['cot'][f'{style} accuracy']:.2f}"
+            rows[f"{style} by steps (after)"] = " ".join(f"{s}:{a[s]:.2f}" for s in a)
+            del b
+    if "tools" in after:
+        for k in ("tool accuracy", "arguments accuracy", "answer accuracy"):
+            rows[f"tools {k}"] = f"{before['tools'][k]:.2f} -> {after['tools'][k]:.2f}"
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- training
+def heldout_for(task: str, n_eval: int, seed: int = 0) -> dict[str, list[dict]]:
+    """Held-out evaluation examples per evaluation kind for a task."""
+    kinds = {"code": ["code"], "cot": ["cot"], "direct": ["cot"], "tools": ["tools"],
+             "mix": ["code", "cot", "tools"]}[task]
+    return {k: task_examples(k, n_eval, seed + 1000) for k in kinds}
+
+
+def run_sft(model, tokenizer, task: str = "mix", steps: int = 1000, n_train: int = 4000, n_eval: int = 40,
+            batch_size: int = 16, lr: float = 1e-3, seed: int = 0, out: str | None = None,
+            data: str | None = None, evaluate: bool = True, progress: bool = True, warmup: int = 50) -> dict:
+    """Fine-tune ``model`` on ``task`` (or the conversations in the JSONL file ``data``) and evaluate on
+    held-out prompts before and after. Writes ``out`` (weights + tokenizer) if given."""
+    from minillm.data.jsonl import read_jsonl
+
+    ctx = model.config.context_length
+    heldout = heldout_for(task, n_eval, seed) if evaluate else {}
+    if data:
+        examples = read_jsonl(data)
+    else:
+        examples = task_examples(task, n_train, seed)
+        seen = {_prompt_key(ex) for v in heldout.values() for ex in v}
+        examples = [ex for ex in examples if _prompt_key(ex) not in seen]
+    pairs, dropped = encode_examples(examples, tokenizer, ctx)
+    if not pairs:
+        raise ValueError(f"sft: no example fits the model's context of {ctx} tokens ({dropped} too long)")
+    n_val = max(1, len(pairs) // 20)
+    get_batch = sft_batches(pairs[n_val:], pairs[:n_val], batch_size, tokenizer.pad_id)
+    t0 = time.perf_counter()
+    before = evaluate_sft(model, tokenizer, heldout) if evaluate else {}
+    t_eval = time.perf_counter() - t0
+    cfg = TrainConfig(steps=steps, lr=lr, warmup=min(warmup, steps // 10 + 1), batch_size=batch_size,
+                      eval_every=max(1, steps // 4), eval_steps=4, seed=seed, progress=progress,
+                      weight_decay=0.0)
+    t0 = time.perf_counter()
+    history = train(model, sft_loss, get_batch, cfg)
+    t_train = time.perf_counter() - t0
+    after = evaluate_sft(model, tokenizer, heldout) if evaluate else {}
+    if out:
+        model.save_checkpoint(out, tokenizer, extra={"sft": {"task": task, "steps": steps, "seed": seed}})
+    return {"history": history, "before": before, "after": after, "train_examples": len(pairs),
+            "dropped_too_long": dropped, "train_seconds": t_train, "eval_seconds": t_eval}
+
+
+def load_model(path):
+    """A GPT and its tokenizer from a checkpoint (the shipped tokenizer if the checkpoint has none)."""
+    from minillm.models.gpt import GPT, load_checkpoint_tokenizer
+    from minillm.tokenizer import load_default_tokenizer
+
+    return GPT.from_checkpoint(path), load_checkpoint_tokenizer(path) or load_default_tokenizer()
+
+
+def print_report(res: dict) -> None:
+    print(f"trained on {res['train_examples']} examples ({res['dropped_too_long']} dropped as longer than "
+          f"the context) in {res['train_seconds']:.0f} s; final train loss {res['history']['loss'][-1]:.3f}")
+    if res["after"]:
+        for k, v in summary_rows(res["before"], res["after"]).items():
+            print(f"  {k:<28} {v}")
+
+
+def main_sft(args) -> int:
+    """``minillm sft --task code|cot|direct|tools|mix --from CKPT``."""
+    from minillm.pretrain import SHIPPED_GPT
+
+    model, tok = load_model(args.from_ckpt or SHIPPED_GPT)
+    res = run_sft(model, tok, task=args.task, steps=args.steps, n_train=args.n_train, n_eval=args.n_eval,
+                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, data=args.data,
+                  evaluate=not args.no_eval, progress=not args.no_progress)
+    print_report(res)
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def main_chat(args) -> int:
+    """``minillm chat --ckpt ...``: a terminal chat with the tools enabled (reads stdin; works piped)."""
+    import sys
+
+    from minillm.tools import default_registry, run_agent_turn
+
+    model, tok = load_model(args.ckpt or SHIPPED_SFT)
+    generate = chat.make_generate_fn(model, tok, max_new_tokens=args.max_new_tokens,
+                                     temperature=args.temperature, seed=args.seed)
+    registry = default_registry()
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"minillm chat ({', '.join(registry.names())} enabled); empty line or Ctrl-D quits")
+    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or (interactive and not line.strip()):
+            break
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.strip()})
+        if not args.keep_history:
+            messages = messages[-1:]
+        messages, trace = run_agent_turn(generate, messages, registry, max_calls=args.max_calls)
+        for step in trace:
+            if step.result is not None:
+                print(f"  [tool call] {step.output.strip()}")
+                print(f"  [tool result] {step.result.content}")
+        print(f"assistant> {messages[-1]['content']}", flush=True)
+    return 0
