@@ -12,6 +12,7 @@ identical bit for bit on NumPy and makes CuPy runs start from the same initial w
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy
@@ -21,8 +22,10 @@ name: str = "numpy"
 rng: numpy.random.Generator = numpy.random.default_rng(0)
 default_dtype = numpy.float32
 
-# Matmul / attention implementations. The CUDA-kernel module swaps these on CuPy (see minillm.cuda).
+# Matmul / attention implementations. The CUDA-kernel module swaps these on CuPy (see minillm.cuda):
+# False (or MINILLM_KERNELS=library) keeps cupy.matmul and the composed attention for comparison.
 use_custom_kernels: bool = True
+fused_attention = None  # set by minillm.cuda.install() on CuPy
 
 
 class BackendError(RuntimeError):
@@ -50,8 +53,13 @@ def set_backend(backend: str) -> None:
     global xp, name
     if backend == "numpy":
         xp, name = numpy, "numpy"
+        if "minillm.cuda" in sys.modules:  # our kernels were installed: back to the library seams
+            sys.modules["minillm.cuda"].uninstall()
     elif backend == "cupy":
         xp, name = _load_cupy(), "cupy"
+        from minillm import cuda  # our CUDA kernels into the matmul/attention seams (MINILLM_KERNELS)
+
+        cuda.install()
     else:
         raise ValueError(f"unknown backend {backend!r}: expected 'numpy' or 'cupy'")
 
