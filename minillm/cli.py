@@ -111,6 +111,45 @@ def _cmd_memory(args) -> int:
     return memory.main(args)
 
 
+def _cmd_sft(args) -> int:
+    from minillm.sft import main_sft
+
+    return main_sft(args)
+
+
+def _cmd_chat(args) -> int:
+    from minillm.sft import main_chat
+
+    return main_chat(args)
+
+
+def _add_sft_parser(sub) -> None:
+    s = sub.add_parser("sft", help="supervised fine-tuning (chat template), with before/after evaluation")
+    s.add_argument("--task", choices=["code", "cot", "direct", "tools", "mix"], default="mix")
+    s.add_argument("--from", dest="from_ckpt", help="GPT checkpoint to start from (default: gpt_tiny)")
+    s.add_argument("--data", help="JSONL conversations to train on instead of the built-in task data")
+    s.add_argument("--out", default="runs/sft/model.npz", help="where the fine-tuned checkpoint goes")
+    s.add_argument("--steps", type=int, default=1000)
+    s.add_argument("--n-train", type=int, default=4000, help="generated training examples")
+    s.add_argument("--n-eval", type=int, default=40, help="held-out examples per evaluation")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_sft)
+
+    c = sub.add_parser("chat", help="chat with a model in the terminal, tools enabled (reads stdin)")
+    c.add_argument("--ckpt", help="checkpoint (default: the shipped minillm/checkpoints/gpt_sft.npz)")
+    c.add_argument("--system", help="a system message")
+    c.add_argument("--max-new-tokens", type=int, default=96)
+    c.add_argument("--max-calls", type=int, default=3, help="tool calls per turn at most")
+    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--keep-history", action="store_true", help="keep earlier turns (the context is short)")
+    c.set_defaults(func=_cmd_chat)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minillm", description=__doc__)
     p.add_argument("--backend", choices=["numpy", "cupy"],
@@ -130,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=_cmd_pipeline)
 
     _add_pretrain_parser(sub)
+    _add_sft_parser(sub)
 
     me = sub.add_parser("memory", help="fine-tuning memory: weights, gradients, optimizer, activations")
     from minillm.peft.memory import add_arguments as _memory_arguments

@@ -271,7 +271,8 @@ def main_chat(args) -> int:
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"minillm chat ({', '.join(registry.names())} enabled); empty line or Ctrl-D quits")
-    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages: list[dict] = list(system)
     while True:
         if interactive:
             print("you> ", end="", flush=True)
@@ -280,9 +281,9 @@ def main_chat(args) -> int:
             break
         if not line.strip():
             continue
-        messages.append({"role": "user", "content": line.strip()})
         if not args.keep_history:
-            messages = messages[-1:]
+            messages = list(system)
+        messages.append({"role": "user", "content": line.strip()})
         messages, trace = run_agent_turn(generate, messages, registry, max_calls=args.max_calls)
         for step in trace:
             if step.result is not None:
