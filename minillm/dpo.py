@@ -333,3 +333,111 @@ def log_ratio_drift(policy, reference, ids, completion_mask) -> dict:
     d = lp - lr
     return {"kl": float(d.mean()), "kl_per_token": float((d / numpy.maximum(n_tok, 1)).mean()),
             "policy_logp": float(lp.mean()), "ref_logp": float(lr.mean())}
+
+
+# ------------------------------------------------------------------------------ the phase
+def sft_on_prompts(model, tokenizer, conversations: Sequence[dict], steps: int, lr: float = 3e-4,
+                   batch_size: int = 16, seed: int = 0, progress: bool = False) -> dict:
+    """Supervised fine-tuning on chat conversations (``{"messages": [...]}``) through ``train``, with the
+    prompt masked out of the loss (``minillm.chat.sft_example``); used for the mixed-quality SFT that
+    puts a model "in the middle" before DPO. Returns the training history."""
+    from minillm.chat import collate, render, sft_example
+    from minillm.train import TrainConfig, lm_loss, train
+
+    ctx = model.config.context_length
+    examples = []
+    for c in conversations:
+        ids, mask = render(c["messages"], tokenizer)
+        if len(ids) <= ctx + 1:
+            examples.append(sft_example(ids, mask))
+    if not examples:
+        raise ValueError(f"sft_on_prompts: no conversation fits context_length {ctx}")
+
+    def get_batch(split, rng):
+        pick = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
+        return collate([examples[i] for i in pick], tokenizer.pad_id)
+
+    cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 10), eval_every=0, batch_size=batch_size,
+                      seed=seed, progress=progress, weight_decay=0.0)
+    return train(model, lm_loss, get_batch, cfg)
+
+
+def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: float = 0.1,
+                  loss_type: str = "sigmoid", label_smoothing: float = 0.0, lr: float = 1e-4,
+                  batch_size: int = 16, sft_steps: int = 0, sft_lr: float = 3e-4, num_samples: int = 2,
+                  temperature: float = 1.0, triplets: list[dict] | None = None, pair_source: str = "sampled",
+                  eval_samples: int = 2,
+                  seed: int = 0, quick: bool = False, progress: bool = False, log=print) -> dict:
+    """The alignment phase end to end, on ``minillm.preferences``' world prompts:
+
+    1. (``sft_steps`` > 0) mixed-quality SFT on the preference prompts (good and bad demonstrations), so
+       the model lands "in the middle";
+    2. preference pairs: ``triplets`` if given, else (``pair_source="sampled"``) the model samples
+       ``num_samples`` replies per train prompt and the rule-based judge picks chosen/rejected, or
+       (``"offline"``) the prompts' own good/bad example replies;
+    3. DPO against a frozen copy of the SFT model (reference log-probs precomputed once);
+    4. the behaviour table on held-out prompts: before SFT (``pretrained``, if given), after SFT, after DPO,
+       with the KL of the DPO policy's own samples from the reference.
+
+    ``policy`` is trained in place. Returns a report dict (tables, pair stats, history, final metrics).
+    """
+    from minillm import preferences as P
+    from minillm.train import TrainConfig
+
+    train_prompts = P.make_prompts("train", seed=0)
+    eval_prompts = P.make_prompts("eval", seed=0)
+    if quick:
+        train_prompts, eval_prompts = train_prompts[::8], eval_prompts[::6]
+    ctx = policy.config.context_length
+    gen = dict(num_samples=eval_samples, temperature=temperature, seed=seed + 7)
+    table: dict[str, dict] = {}
+    if pretrained is not None:
+        table["pre-trained"] = P.evaluate_behaviour(pretrained, tokenizer, eval_prompts, **gen)
+    if sft_steps:
+        mix = P.sft_mixture(train_prompts, seed=seed)
+        h = sft_on_prompts(policy, tokenizer, mix, sft_steps, sft_lr, seed=seed, progress=progress)
+        log(f"mixed-quality SFT: {sft_steps} steps on {len(mix)} demonstrations, loss {h['loss'][0]:.3f} → "
+            f"{h['loss'][-1]:.3f}")
+    table["SFT"] = P.evaluate_behaviour(policy, tokenizer, eval_prompts, **gen)
+    if triplets is None and pair_source == "sampled":
+        triplets, stats = P.sample_pairs(policy, tokenizer, train_prompts, num_samples, temperature,
+                                         seed=seed + 1)
+    elif triplets is None and pair_source == "offline":
+        triplets = P.offline_pairs(train_prompts, seed=seed)
+        stats = {"pairs": len(triplets), "source": "offline (example replies)"}
+    elif triplets is None:
+        raise ValueError(f"dpo: pair_source must be 'sampled' or 'offline', got {pair_source!r}")
+    else:
+        stats = {"pairs": len(triplets), "source": "given"}
+    examples, dropped = P.tokenize_triplets(triplets, tokenizer, max_length=ctx + 1)
+    stats["dropped (too long)"] = dropped
+    log(f"preference pairs: {stats}")
+    if len(examples) < 2:
+        raise ValueError(f"dpo: only {len(examples)} usable preference pairs; sample more or give a file")
+    rng = numpy.random.default_rng(seed)
+    order = rng.permutation(len(examples))
+    n_val = max(1, len(examples) // 10)
+    val = PreferenceDataset([examples[i] for i in order[:n_val]], tokenizer.pad_id)
+    trn = PreferenceDataset([examples[i] for i in order[n_val:]], tokenizer.pad_id)
+    cfg = DPOConfig(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, pad_id=tokenizer.pad_id)
+    tcfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 10), eval_every=max(1, steps // 4),
+                       batch_size=batch_size, seed=seed, progress=progress, weight_decay=0.0)
+    history, reference = train_dpo(policy, trn, cfg, tcfg, val_set=val)
+    table["DPO"] = P.evaluate_behaviour(policy, tokenizer, eval_prompts, reference=reference, **gen)
+    final = {k: history[f"val_{k}"][-1] for k in ("loss", "rewards/chosen", "rewards/rejected",
+                                                   "rewards/margins", "rewards/accuracies")
+             if f"val_{k}" in history}
+    return {"table": table, "pairs": stats, "triplets": triplets, "history": history, "final": final,
+            "reference": reference, "eval_prompts": eval_prompts}
+
+
+def format_table(table: dict[str, dict]) -> str:
+    """The behaviour table as aligned text: one row per metric, one column per model."""
+    cols = list(table)
+    rows = list(dict.fromkeys(k for c in cols for k in table[c]))
+    w = max(len(r) for r in rows) + 2
+    lines = [" " * w + "".join(f"{c:>13}" for c in cols)]
+    for r in rows:
+        cells = "".join(f"{table[c][r]:>13.3f}" if r in table[c] else f"{'—':>13}" for c in cols)
+        lines.append(f"{r:<{w}}{cells}")
+    return "\n".join(lines)
