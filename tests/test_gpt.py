@@ -124,3 +124,11 @@ def test_shipped_gpt_models_unseen_stories():
     with minillm.no_grad():
         _, loss = model(x, y)
     assert loss.item() < 1.2, loss.item()
+
+
+def test_attention_weights_for_plotting():
+    model = tiny()
+    maps = model.attention_weights(np.array([[1, 2, 3, 4]]))
+    assert len(maps) == 2 and maps[0].shape == (1, 2, 4, 4)
+    np.testing.assert_allclose(maps[1].sum(-1), 1.0, atol=1e-6)
+    assert np.all(np.triu(maps[0][0, 0], k=1) == 0)  # causal: nothing above the diagonal

@@ -125,6 +125,21 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits, targets)
         return (logits, loss, present) if use_cache else (logits, loss)
 
+    def attention_weights(self, ids) -> list:
+        """Attention probabilities of every layer for ``ids``: a list of (B, nh, T, T) NumPy arrays
+        (row t = how much position t attends to each earlier position), for plotting."""
+        from minillm.tensor import no_grad
+
+        ids = self.check_ids(ids)
+        maps = []
+        with no_grad():
+            x = self.tok_emb(ids) + self.pos_emb(B.xp.arange(ids.shape[1]))
+            for block in self.blocks:
+                _, w = block.attn(block.ln_1(x), is_causal=True, need_weights=True)
+                maps.append(B.to_numpy(w.data))
+                x = block(x)
+        return maps
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path, tokenizer=None, dtype=None, extra: dict | None = None) -> None:
         """Write config + weights (+ the tokenizer, embedded as JSON) with ``minillm.save``.
