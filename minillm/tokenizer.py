@@ -64,8 +64,12 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     return out
 
 
-def _pairs(ids: list[int]) -> Counter:
-    return Counter(zip(ids, ids[1:]))
+def _pairs(ids: list[int]) -> dict[tuple[int, int], int]:
+    """How many times each adjacent pair occurs in ``ids``."""
+    counts: dict[tuple[int, int], int] = {}
+    for p in zip(ids, ids[1:]):
+        counts[p] = counts.get(p, 0) + 1
+    return counts
 
 
 def _show(b: bytes) -> str:
@@ -157,14 +161,22 @@ class BPETokenizer:
                 new_w = _merge(w, pair, new_id)
                 if len(new_w) == len(w):
                     continue  # stale index entry: the pair is no longer in this word
+                # apply only the difference between the word's old and new pair counts: pairs away from
+                # the merge sites are unchanged and cost no dictionary writes
                 f = freqs[wi]
-                for p, c in _pairs(w).items():
-                    pair_counts[p] -= c * f
-                    changed.add(p)
-                for p, c in _pairs(new_w).items():
-                    pair_counts[p] = pair_counts.get(p, 0) + c * f
-                    where.setdefault(p, set()).add(wi)
-                    changed.add(p)
+                old, new = _pairs(w), _pairs(new_w)
+                for p, c in old.items():
+                    d = new.get(p, 0) - c
+                    if d:
+                        pair_counts[p] += d * f
+                        changed.add(p)
+                        if p not in new and p in where:
+                            where[p].discard(wi)  # keep the index exact: no stale visits later
+                for p, c in new.items():
+                    if p not in old:
+                        pair_counts[p] = pair_counts.get(p, 0) + c * f
+                        where.setdefault(p, set()).add(wi)
+                        changed.add(p)
                 words[wi] = new_w
             for p in changed:
                 c = pair_counts[p]

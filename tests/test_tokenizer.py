@@ -275,3 +275,11 @@ def test_shipped_tokenizer_compresses_held_out_world_text(shipped):
     assert len(held_out.encode("utf-8")) / len(ids) > 3.5  # bytes per token (measured: 3.72)
     for word in [" Mia", " apples", " Oakdale", " degrees", "Question", " weather"]:
         assert len(shipped.encode(word)) == 1, word
+
+
+def test_bench_tokenizer_quick_runs(capsys):
+    from minillm.cli import main
+
+    assert main(["bench", "tokenizer", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "train zipf   0.20 MB -> vocab  2000" in out and "out of pairs" in out and "bytes/token" in out
