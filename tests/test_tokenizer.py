@@ -199,6 +199,12 @@ def test_incremental_training_matches_naive_recount(text, n_merges):
     assert t.merges == _naive_train(text, n_merges)
 
 
+def test_incremental_training_matches_naive_recount_on_world_text():
+    text = generate_corpus_chars(3_000, seed=11) + " aaaa aaaaa ababab 😀😀😀 "
+    t = BPETokenizer.train(text, 256 + 120, special_tokens=[])
+    assert t.merges == _naive_train(text, 120)
+
+
 def test_training_is_deterministic_and_sized(tok):
     text = generate_corpus_chars(20_000, seed=1) + " naïve café 日本語 日本語 😀😀 ١٢٣ " * 20
     again = BPETokenizer.train(text, tok.vocab_size)
