@@ -10,6 +10,7 @@ BENCHMARKS = {
     "autograd": "minillm.bench.autograd",
     "train": "minillm.bench.train",
     "tokenizer": "minillm.bench.tokenizer",
+    "peft": "minillm.bench.peft",
 }
 
 
@@ -28,6 +29,11 @@ def _cmd_bench(args) -> int:
 # `minillm pretrain --objective NAME` → "module:function(args)"; other objectives add themselves here.
 PRETRAIN_OBJECTIVES = {
     "clm": "minillm.pretrain:main_clm",
+    "mlm": "minillm.pretrain_encoders:main",      # BERT masked LM
+    "nsp": "minillm.pretrain_encoders:main",      # BERT next-sentence prediction
+    "mlm+nsp": "minillm.pretrain_encoders:main",  # BERT, both (as in the paper)
+    "denoise": "minillm.pretrain_encoders:main",  # BART: sentence permutation + text infilling
+    "span": "minillm.pretrain_encoders:main",     # T5 span corruption
 }
 
 
@@ -83,6 +89,8 @@ def _add_pretrain_parser(sub) -> None:
     pt.add_argument("--checkpoint-every", type=int, default=200)
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pt.add_argument("--mix-tasks", type=float, default=0.0,
+                    help="denoise/span: fraction of batches that are prefixed summarize/translate tasks")
     pt.set_defaults(func=_cmd_pretrain)
 
     g = sub.add_parser("generate", help="sample text from a GPT checkpoint")
@@ -121,6 +129,20 @@ def _cmd_chat(args) -> int:
     from minillm.sft import main_chat
 
     return main_chat(args)
+
+
+def _cmd_dpo(args) -> int:
+    from minillm.dpo import main_dpo
+
+    return main_dpo(args)
+
+
+def _add_dpo_parser(sub) -> None:
+    from minillm.dpo import add_arguments
+
+    d = sub.add_parser("dpo", help="align an SFT model with DPO on judged preference pairs (before/after)")
+    add_arguments(d)
+    d.set_defaults(func=_cmd_dpo)
 
 
 def _add_sft_parser(sub) -> None:
@@ -170,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_pretrain_parser(sub)
     _add_sft_parser(sub)
+    _add_dpo_parser(sub)
 
     me = sub.add_parser("memory", help="fine-tuning memory: weights, gradients, optimizer, activations")
     from minillm.peft.memory import add_arguments as _memory_arguments

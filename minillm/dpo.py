@@ -22,6 +22,7 @@ this module supplies its ``loss_fn`` and ``get_batch``.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -338,35 +339,25 @@ def log_ratio_drift(policy, reference, ids, completion_mask) -> dict:
 # ------------------------------------------------------------------------------ the phase
 def sft_on_prompts(model, tokenizer, conversations: Sequence[dict], steps: int, lr: float = 3e-4,
                    batch_size: int = 16, seed: int = 0, progress: bool = False) -> dict:
-    """Supervised fine-tuning on chat conversations (``{"messages": [...]}``) through ``train``, with the
-    prompt masked out of the loss (``minillm.chat.sft_example``); used for the mixed-quality SFT that
-    puts a model "in the middle" before DPO. Returns the training history."""
-    from minillm.chat import collate, render, sft_example
-    from minillm.train import TrainConfig, lm_loss, train
+    """Supervised fine-tuning on chat conversations (``{"messages": [...]}``) with ``minillm.sft``'s
+    batches and loss (prompt masked out) through ``train``; used for the mixed-quality SFT that puts a
+    model "in the middle" before DPO. Returns the training history."""
+    from minillm.sft import encode_examples, sft_batches, sft_loss
+    from minillm.train import TrainConfig, train
 
-    ctx = model.config.context_length
-    examples = []
-    for c in conversations:
-        ids, mask = render(c["messages"], tokenizer)
-        if len(ids) <= ctx + 1:
-            examples.append(sft_example(ids, mask))
-    if not examples:
-        raise ValueError(f"sft_on_prompts: no conversation fits context_length {ctx}")
-
-    def get_batch(split, rng):
-        pick = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
-        return collate([examples[i] for i in pick], tokenizer.pad_id)
-
+    pairs, _ = encode_examples(list(conversations), tokenizer, model.config.context_length)
+    if not pairs:
+        raise ValueError(f"sft_on_prompts: no conversation fits context_length {model.config.context_length}")
     cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 10), eval_every=0, batch_size=batch_size,
                       seed=seed, progress=progress, weight_decay=0.0)
-    return train(model, lm_loss, get_batch, cfg)
+    return train(model, sft_loss, sft_batches(pairs, pairs, batch_size, tokenizer.pad_id), cfg)
 
 
 def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: float = 0.1,
                   loss_type: str = "sigmoid", label_smoothing: float = 0.0, lr: float = 1e-4,
                   batch_size: int = 16, sft_steps: int = 0, sft_lr: float = 3e-4, num_samples: int = 2,
                   temperature: float = 1.0, triplets: list[dict] | None = None, pair_source: str = "sampled",
-                  eval_samples: int = 2,
+                  eval_samples: int = 2, min_pairs: int = 16,
                   seed: int = 0, quick: bool = False, progress: bool = False, log=print) -> dict:
     """The alignment phase end to end, on ``minillm.preferences``' world prompts:
 
@@ -374,7 +365,8 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
        the model lands "in the middle";
     2. preference pairs: ``triplets`` if given, else (``pair_source="sampled"``) the model samples
        ``num_samples`` replies per train prompt and the rule-based judge picks chosen/rejected, or
-       (``"offline"``) the prompts' own good/bad example replies;
+       (``"offline"``) the prompts' own good/bad example replies; sampled pairs fewer than ``min_pairs``
+       are topped up with offline ones (reported in the pair stats);
     3. DPO against a frozen copy of the SFT model (reference log-probs precomputed once);
     4. the behaviour table on held-out prompts: before SFT (``pretrained``, if given), after SFT, after DPO,
        with the KL of the DPO policy's own samples from the reference.
@@ -382,6 +374,7 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
     ``policy`` is trained in place. Returns a report dict (tables, pair stats, history, final metrics).
     """
     from minillm import preferences as P
+    from minillm.chat import render_prompt
     from minillm.train import TrainConfig
 
     train_prompts = P.make_prompts("train", seed=0)
@@ -389,6 +382,11 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
     if quick:
         train_prompts, eval_prompts = train_prompts[::8], eval_prompts[::6]
     ctx = policy.config.context_length
+    fits = lambda p: len(render_prompt(p["messages"], tokenizer)) + 16 <= ctx  # noqa: E731
+    train_prompts = [p for p in train_prompts if fits(p)]
+    eval_prompts = [p for p in eval_prompts if fits(p)]
+    if not train_prompts or not eval_prompts:
+        raise ValueError(f"dpo: no preference prompt fits context_length {ctx} (with room for a reply)")
     gen = dict(num_samples=eval_samples, temperature=temperature, seed=seed + 7)
     table: dict[str, dict] = {}
     if pretrained is not None:
@@ -402,6 +400,11 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
     if triplets is None and pair_source == "sampled":
         triplets, stats = P.sample_pairs(policy, tokenizer, train_prompts, num_samples, temperature,
                                          seed=seed + 1)
+        if len(triplets) < min_pairs:  # a model too weak to write distinguishable replies: top up offline
+            have = {json.dumps(t["prompt"]) for t in triplets}
+            extra = [t for t in P.offline_pairs(train_prompts, seed) if json.dumps(t["prompt"]) not in have]
+            triplets = triplets + extra[:min_pairs - len(triplets)]
+            stats["offline top-up"] = len(triplets) - stats["pairs"]
     elif triplets is None and pair_source == "offline":
         triplets = P.offline_pairs(train_prompts, seed=seed)
         stats = {"pairs": len(triplets), "source": "offline (example replies)"}
@@ -441,3 +444,63 @@ def format_table(table: dict[str, dict]) -> str:
         cells = "".join(f"{table[c][r]:>13.3f}" if r in table[c] else f"{'—':>13}" for c in cols)
         lines.append(f"{r:<{w}}{cells}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ command line
+def add_arguments(p) -> None:
+    """The ``minillm dpo`` options (registered by ``minillm.cli``)."""
+    p.add_argument("--from", dest="from_ckpt",
+                   help="SFT checkpoint to align (default: the shipped gpt_sft.npz)")
+    p.add_argument("--before", help="also evaluate this checkpoint as the 'pre-trained' column")
+    p.add_argument("--pairs", help="JSONL preference triplets to train on instead of sampling them")
+    p.add_argument("--pair-source", choices=["sampled", "offline"], default="sampled",
+                   help="sampled: the model writes two replies per prompt and the judge picks; offline: the "
+                        "prompts' example good/bad replies")
+    p.add_argument("--beta", type=float, default=0.1, help="strength of the KL anchor to the reference")
+    p.add_argument("--loss-type", choices=list(LOSS_TYPES), default="sigmoid")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO (sigmoid only)")
+    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=16, help="preference pairs per step")
+    p.add_argument("--sft-steps", type=int, default=0,
+                   help="mixed-quality SFT steps on the preference prompts before DPO (0 = none)")
+    p.add_argument("--samples", type=int, default=2, help="replies sampled per prompt for the pairs")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (pairs and eval)")
+    p.add_argument("--out", default="runs/dpo", help="folder for gpt_dpo.npz and pairs.jsonl")
+    p.add_argument("--export-dtype", choices=["float32", "float16"], default=None)
+    p.add_argument("--quick", action="store_true", help="a few prompts (for tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main_dpo(args) -> int:
+    """``minillm dpo``: run the alignment phase on a checkpoint, print the behaviour table, save the model."""
+    from pathlib import Path
+
+    from minillm import backend as Bk
+    from minillm.preferences import read_triplets, write_triplets
+    from minillm.sft import SHIPPED_SFT, load_model
+
+    src = args.from_ckpt or SHIPPED_SFT
+    if not Path(src).exists():
+        raise SystemExit(f"minillm dpo: checkpoint {str(src)!r} does not exist (pass --from CKPT)")
+    Bk.manual_seed(args.seed)
+    policy, tok = load_model(src)
+    before = load_model(args.before)[0] if args.before else None
+    triplets = read_triplets(args.pairs) if args.pairs else None
+    res = run_dpo_phase(policy, tok, pretrained=before, steps=args.steps, beta=args.beta,
+                        loss_type=args.loss_type, label_smoothing=args.label_smoothing, lr=args.lr,
+                        batch_size=args.batch_size, sft_steps=args.sft_steps, num_samples=args.samples,
+                        temperature=args.temperature, triplets=triplets, pair_source=args.pair_source,
+                        seed=args.seed, quick=args.quick, progress=not args.no_progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.pairs:
+        write_triplets(res["triplets"], out / "pairs.jsonl")
+    policy.save_checkpoint(out / "gpt_dpo.npz", tok, dtype=args.export_dtype,
+                           extra={"dpo": {"beta": args.beta, "loss_type": args.loss_type, "steps": args.steps,
+                                          "from": str(src)}})
+    print(format_table(res["table"]))
+    print("final DPO metrics (held-out pairs): " + ", ".join(f"{k} {v:.3f}" for k, v in res["final"].items()))
+    print(f"wrote {out / 'gpt_dpo.npz'}" + ("" if args.pairs else f" and {out / 'pairs.jsonl'}"))
+    return 0

@@ -263,3 +263,31 @@ def test_precomputed_reference_matches_live_reference():
     live = sequence_logps(policy, b["ids"], b["mask"]).numpy()
     np.testing.assert_allclose(ds.ref_chosen_logps, live[:5], rtol=1e-6)
     np.testing.assert_allclose(ds.ref_rejected_logps, live[5:], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_dpo_on_a_tiny_config(tmp_path, capsys):
+    from minillm.cli import main
+    from minillm.preferences import read_triplets
+    from minillm.tokenizer import load_default_tokenizer
+
+    tok = load_default_tokenizer()
+    minillm.manual_seed(0)
+    GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=128, d_model=16, n_heads=2, n_layers=1)
+        ).save_checkpoint(tmp_path / "tiny.npz", tok)
+    out = tmp_path / "run"
+    args = ["dpo", "--from", str(tmp_path / "tiny.npz"), "--quick", "--steps", "3", "--sft-steps", "2",
+            "--batch-size", "4", "--beta", "0.5", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "refusal rate (harmful)" in text and "rewards/accuracies" in text
+    aligned = GPT.from_checkpoint(out / "gpt_dpo.npz")
+    assert aligned.config.d_model == 16
+    pairs = read_triplets(out / "pairs.jsonl")
+    assert len(pairs) >= 16  # sampled pairs, topped up with offline ones for a model this weak
+    # training from a user's pairs file, with another loss type
+    assert main(["dpo", "--from", str(tmp_path / "tiny.npz"), "--quick", "--steps", "2", "--pairs",
+                 str(out / "pairs.jsonl"), "--loss-type", "ipo", "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 0
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["dpo", "--from", str(tmp_path / "missing.npz")])
