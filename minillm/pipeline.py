@@ -59,8 +59,33 @@ def phase_pretrain(ctx: dict) -> dict:
     }
 
 
+def phase_lora(ctx: dict) -> dict:
+    """Parameter-efficient fine-tuning on a new task (world QA): full fine-tuning vs LoRA (quick) and QLoRA,
+    adapters and prefix tuning, from the same pre-trained GPT (``minillm.peft.compare``)."""
+    from pathlib import Path
+
+    from minillm.peft.compare import compare
+
+    src = ctx.get("shipped_gpt")
+    if ctx["quick"] or not src or not Path(src).exists():
+        src = ctx["gpt_ckpt"]
+    methods = ("full", "lora") if ctx["quick"] else ("full", "lora", "qlora", "adapter", "prefix")
+    res = compare(src, methods, steps=10 if ctx["quick"] else 150, batch_size=8 if ctx["quick"] else 16,
+                  seed=ctx["seed"], log=None)
+    b = res["baseline"]
+    out = {"started from": Path(src).name, "task": f"world QA, {res['n_train']} train / {res['n_test']} "
+           "held-out-phrasing questions", "held-out EM before": b["test_exact_match"],
+           "pre-training loss before": b["pretrain_loss_after"]}
+    for r in res["rows"]:
+        out[f"{r['method']}: trainable / EM / loss"] = (
+            f"{r['trainable_pct']:.2f}% / {r['test_exact_match']:.2f} / {r['pretrain_loss_after']:.3f} "
+            f"(optimizer {r['optimizer_bytes']:,} B, {r['step_ms']:.0f} ms/step)")
+    return out
+
+
 PHASES = [
     ("pre-training: a GPT learns the world's stories", phase_pretrain),
+    ("PEFT: full fine-tuning vs LoRA (+ QLoRA, adapters, prefix) on a new task", phase_lora),
 ]
 
 

@@ -221,6 +221,7 @@ def train(model, loss_fn: Callable, get_batch: Callable, config: TrainConfig, ev
     finally:
         if bar is not None:
             bar.close()
+    history["optimizer_state_bytes"] = opt.state_nbytes()  # measured (PEFT: only trainable params have state)
     return history
 
 

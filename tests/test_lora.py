@@ -243,3 +243,42 @@ def test_lora_dropout_only_in_training():
     assert np.array_equal(a, b)
     layer.train()
     assert not np.array_equal(layer(x).numpy(), layer(x).numpy())
+
+
+# ------------------------------------------------------------------ the measured comparison (tiny, fast)
+def test_world_qa_task_and_encoding():
+    from minillm.peft.compare import encode_qa, world_qa
+    from minillm.tokenizer import load_default_tokenizer
+
+    qa = world_qa()
+    assert len(qa["train"]) == 2 * len(qa["test"]) == 60
+    train_prompts = {p for p, _ in qa["train"]}
+    assert not any(p in train_prompts for p, _ in qa["test"])  # held-out phrasings
+    tok = load_default_tokenizer()
+    x, y = encode_qa(tok, qa["test"][:3])
+    for i, (prompt, answer) in enumerate(qa["test"][:3]):
+        target = [t for t in y[i] if t != -100]
+        assert target == tok.encode(answer) + [tok.eos_id]  # the loss sees the answer (and EOS) only
+        n = len(tok.encode(prompt))
+        assert list(x[i, :n]) == tok.encode(prompt)
+
+
+def test_compare_measures_every_method(tmp_path):
+    from minillm.models.gpt import GPT, GPTConfig
+    from minillm.peft.compare import compare, format_comparison
+    from minillm.tokenizer import load_default_tokenizer
+
+    tok = load_default_tokenizer()
+    GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=32, d_model=16, n_heads=2, n_layers=1)
+        ).save_checkpoint(tmp_path / "g.npz", tok)
+    res = compare(tmp_path / "g.npz", steps=2, batch_size=4, log=None)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"full", "lora", "qlora", "adapter", "prefix"}
+    for name, r in rows.items():
+        assert r["optimizer_bytes"] == 8 * r["trainable"], name  # AdamW m and v, float32, trainable only
+        assert 0 <= r["test_exact_match"] <= 1 and np.isfinite(r["pretrain_loss_after"])
+    assert rows["full"]["trainable_pct"] == 100.0
+    assert max(r["trainable_pct"] for n, r in rows.items() if n != "full") < 50
+    assert rows["lora"]["merged_test_exact_match"] == rows["lora"]["test_exact_match"]
+    table = format_comparison(res)
+    assert "held-out EM" in table and "qlora" in table
