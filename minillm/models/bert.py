@@ -1,0 +1,219 @@
+"""BERT: a bidirectional transformer encoder pre-trained by masked LM and next-sentence prediction
+(Devlin et al. 2019), in one file.
+
+token + position + segment embeddings → n_layers pre-norm blocks with NO causal mask (every token sees
+every real token; padding keys are masked out) → final LayerNorm → two heads:
+- MLM head: dense + GELU + LayerNorm, then the token embedding matrix (tied) + a bias → vocabulary logits;
+- NSP head: the pooler (dense + tanh on the [CLS] vector) → 2 logits (0 = IsNext, 1 = NotNext).
+``BERTForSequenceClassification`` puts a fresh classifier on the pooled [CLS] vector for transfer learning.
+(The original BERT is post-norm; we reuse the pre-norm blocks every family here shares.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from minillm import backend as B
+from minillm import functional as F
+from minillm import nn
+from minillm.checkpoint import CheckpointError, load, save
+from minillm.tensor import Tensor
+
+
+@dataclass
+class BERTConfig:
+    vocab_size: int = 1024
+    max_len: int = 128          # longest input (position embeddings)
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 4
+    d_ff: int | None = None     # None → 4·d_model
+    type_vocab_size: int = 2    # segments A and B
+    dropout: float = 0.0
+    pad_id: int | None = None   # when set, padding is found from the ids if no attention_mask is given
+
+    def __post_init__(self):
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if self.d_model % self.n_heads:
+            raise ValueError(f"BERTConfig: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BERTConfig: {name} must be ≥ 1, got {getattr(self, name)}")
+
+
+def init_weights(model: nn.Module, n_layers: int) -> None:
+    """BERT/GPT-2 init: weights N(0, 0.02), biases 0; residual projections scaled by 1/√(2·n_layers)."""
+    resid_std = 0.02 / math.sqrt(2 * n_layers)
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            std = resid_std if name.endswith(("out_proj", "down_proj")) else 0.02
+            m.weight.data = B.randn(*m.weight.shape) * std
+            if getattr(m, "bias", None) is not None:
+                m.bias.data = B.xp.zeros_like(m.bias.data)
+
+
+def as_ids(ids, vocab_size: int, max_len: int, who: str):
+    """Integer (B, T) ids, or a clear error naming the bad id or length."""
+    ids = B.xp.asarray(getattr(ids, "data", ids))
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or ids.dtype.kind not in "iu":
+        raise ValueError(f"{who}: expected integer token ids of shape (B, T), got {ids.dtype} {ids.shape}")
+    if ids.size and (int(ids.max()) >= vocab_size or int(ids.min()) < 0):
+        bad = int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())
+        raise IndexError(f"{who}: token id {bad} is out of range for vocab_size {vocab_size} "
+                         f"(valid ids 0..{vocab_size - 1})")
+    if ids.shape[1] > max_len:
+        raise ValueError(f"{who}: sequence of {ids.shape[1]} tokens is longer than max_len {max_len}")
+    return ids
+
+
+def padding_mask(ids, attention_mask, pad_id: int | None):
+    """Boolean (B, T), True on padding keys: from ``attention_mask`` (1 = real token) or ``pad_id``."""
+    if attention_mask is not None:
+        am = B.xp.asarray(getattr(attention_mask, "data", attention_mask))
+        if am.ndim == 1:
+            am = am[None, :]
+        if am.shape != ids.shape:
+            raise ValueError(f"attention_mask has shape {am.shape}, the ids {ids.shape}")
+        return am == 0
+    if pad_id is not None:
+        return ids == pad_id
+    return None
+
+
+class BERT(nn.Module):
+    """BERT encoder with its MLM and NSP heads.
+
+    ``features(ids, token_type_ids, attention_mask)`` → hidden states (B, T, C);
+    ``forward(...)`` → (mlm_logits, nsp_logits, loss).
+    """
+
+    def __init__(self, config: BERTConfig):
+        super().__init__()
+        self.config = c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_emb = nn.Embedding(c.max_len, c.d_model)
+        self.seg_emb = nn.Embedding(c.type_vocab_size, c.d_model)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(nn.TransformerBlock(c.d_model, c.n_heads, c.d_ff, c.dropout, causal=False)
+                                    for _ in range(c.n_layers))
+        self.ln_f = nn.LayerNorm(c.d_model)
+        # MLM head: transform, then the tied embedding (as a Linear whose weight IS tok_emb.weight)
+        self.mlm_dense = nn.Linear(c.d_model, c.d_model)
+        self.mlm_ln = nn.LayerNorm(c.d_model)
+        self.mlm_decoder = nn.Linear(c.d_model, c.vocab_size)
+        # NSP head on the pooled [CLS] vector
+        self.pooler = nn.Linear(c.d_model, c.d_model)
+        self.nsp_head = nn.Linear(c.d_model, 2)
+        init_weights(self, c.n_layers)
+        self.mlm_decoder.weight = self.tok_emb.weight  # tied: one matrix embeds and un-embeds tokens
+
+    def features(self, input_ids, token_type_ids=None, attention_mask=None) -> Tensor:
+        """Final hidden states (B, T, C). Padding keys (attention_mask == 0, or pad_id) are never attended to,
+        so outputs at real positions do not depend on how much padding follows."""
+        c = self.config
+        ids = as_ids(input_ids, c.vocab_size, c.max_len, "BERT")
+        Bsz, T = ids.shape
+        if token_type_ids is None:
+            types = B.xp.zeros_like(ids)
+        else:
+            types = B.xp.asarray(getattr(token_type_ids, "data", token_type_ids)).reshape(ids.shape)
+        pad = padding_mask(ids, attention_mask, c.pad_id)
+        x = self.tok_emb(ids) + self.pos_emb(B.xp.arange(T)) + self.seg_emb(types)  # (B, T, C)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, key_padding_mask=pad)
+        return self.ln_f(x)
+
+    def pooled(self, h: Tensor) -> Tensor:
+        """tanh(W h[CLS] + b): the sequence summary the NSP head and classifiers read, (B, C)."""
+        return self.pooler(h[:, 0, :]).tanh()
+
+    def mlm_logits(self, h: Tensor) -> Tensor:
+        """Vocabulary logits for hidden states h (..., C) → (..., V)."""
+        return self.mlm_decoder(self.mlm_ln(F.gelu(self.mlm_dense(h))))
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
+                next_sentence_label=None):
+        """Returns (mlm_logits, nsp_logits, loss).
+
+        Without ``labels`` mlm_logits is (B, T, V). With ``labels`` (B, T; -100 where no loss) the MLM head
+        runs only on the labelled positions, so mlm_logits is (N, V) in row-major order of those positions
+        (85% of positions carry no loss: skipping them saves most of the head's work).
+        nsp_logits is (B, 2). loss = MLM cross-entropy [+ NSP cross-entropy], or None without labels.
+        """
+        h = self.features(input_ids, token_type_ids, attention_mask)  # (B, T, C)
+        nsp_logits = self.nsp_head(self.pooled(h))  # (B, 2)
+        loss = None
+        if labels is None:
+            mlm_logits = self.mlm_logits(h)  # (B, T, V)
+        else:
+            lab = B.xp.asarray(getattr(labels, "data", labels)).reshape(h.shape[:2])
+            idx = B.xp.flatnonzero(lab.reshape(-1) != -100)
+            mlm_logits = self.mlm_logits(h.reshape(-1, h.shape[-1])[idx])  # (N, V)
+            if idx.size:
+                loss = F.cross_entropy(mlm_logits, lab.reshape(-1)[idx])
+        if next_sentence_label is not None:
+            nsl = B.xp.asarray(getattr(next_sentence_label, "data", next_sentence_label)).reshape(-1)
+            nsp_loss = F.cross_entropy(nsp_logits, nsl)
+            loss = nsp_loss if loss is None else loss + nsp_loss
+        return mlm_logits, nsp_logits, loss
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path, extra: dict | None = None) -> None:
+        save({"kind": "bert", "config": asdict(self.config), "model": self.state_dict(), **(extra or {})},
+             path)
+
+    @classmethod
+    def from_checkpoint(cls, path) -> BERT:
+        """A BERT rebuilt from ``save_checkpoint`` or a ``minillm.train`` checkpoint of a BERT."""
+        config, state = read_checkpoint(path, BERTConfig, "bert")
+        model = cls(config)
+        model.load_state_dict(state)
+        return model
+
+
+def read_checkpoint(path, config_cls, kind: str):
+    """(config, model state) from a checkpoint, with a clear error when it holds another model."""
+    state = load(path)
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise CheckpointError(f"{path} holds no model (expected 'config' and 'model' entries)")
+    found = str(state.get("kind", kind)).lower()
+    if not found.startswith(kind):
+        raise CheckpointError(f"{path} holds a {found!r} model, not a {kind!r} one")
+    known = {f.name for f in fields(config_cls)}
+    return config_cls(**{k: v for k, v in state["config"].items() if k in known}), state["model"]
+
+
+class BERTForSequenceClassification(nn.Module):
+    """A BERT encoder plus a new classifier on the pooled [CLS] vector (Devlin et al. 2019, §4.1).
+
+    ``forward(ids, ..., labels=None)`` → (logits (B, num_labels), loss or None). ``from_pretrained`` starts
+    the encoder from a BERT checkpoint; the classifier always starts fresh.
+    """
+
+    def __init__(self, config: BERTConfig, num_labels: int = 2):
+        super().__init__()
+        self.config, self.num_labels = config, num_labels
+        self.bert = BERT(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.d_model, num_labels)
+        init_weights(self.classifier, config.n_layers)
+
+    @classmethod
+    def from_pretrained(cls, path, num_labels: int = 2) -> BERTForSequenceClassification:
+        config, state = read_checkpoint(path, BERTConfig, "bert")
+        model = cls(config, num_labels)
+        model.bert.load_state_dict(state)
+        return model
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
+        h = self.bert.features(input_ids, token_type_ids, attention_mask)  # (B, T, C)
+        logits = self.classifier(self.drop(self.bert.pooled(h)))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits, B.xp.asarray(getattr(labels, "data", labels)).reshape(-1))
+        return logits, loss

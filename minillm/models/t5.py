@@ -1,0 +1,180 @@
+"""T5: the text-to-text transformer (Raffel et al. 2020), in one file.
+
+Every task is text in, text out, named by a prefix ("summarize: ...", "translate English to Worldish: ...");
+pre-training is span corruption with sentinels <extra_id_0>, <extra_id_1>, ... (``minillm.data.objectives``).
+What sets it apart from BART:
+- no position embeddings: a learned scalar bias per (head, relative-distance bucket) is added to the
+  attention scores (§2.1). Distances are bucketed: exact for small ones, log-spaced up to ``max_distance``.
+  The encoder's buckets are bidirectional, the decoder's causal; one table per stack, computed once and
+  shared by all its layers (as in the paper); cross-attention has none;
+- RMS-style LayerNorm without bias or mean subtraction, ReLU feed-forward, no biases in any Linear;
+- the tied LM head rescales the decoder output by d_model^-0.5 (T5 1.0).
+(We keep the 1/√head_dim attention scale of the shared attention; T5 folds it into its initialisation.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy
+
+from minillm import backend as B
+from minillm import functional as F
+from minillm import nn
+from minillm.checkpoint import save
+from minillm.models.bart import greedy_decode, shift_right
+from minillm.models.bert import as_ids, init_weights, padding_mask, read_checkpoint
+from minillm.tensor import Tensor
+
+
+@dataclass
+class T5Config:
+    vocab_size: int = 1024
+    max_len: int = 128            # longest encoder input and decoder output (no position table: a guard)
+    d_model: int = 128
+    n_heads: int = 4
+    n_encoder_layers: int = 2
+    n_decoder_layers: int = 2
+    d_ff: int | None = None       # None → 4·d_model
+    dropout: float = 0.0
+    num_buckets: int = 32         # relative-position buckets
+    max_distance: int = 128       # distances beyond this share the last bucket
+    pad_id: int = 0
+    decoder_start_id: int = 0     # T5 starts the decoder with the pad token
+    eos_id: int = 0
+
+    def __post_init__(self):
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if self.d_model % self.n_heads:
+            raise ValueError(f"T5Config: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers",
+                     "d_ff", "num_buckets", "max_distance"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"T5Config: {name} must be ≥ 1, got {getattr(self, name)}")
+        if self.num_buckets < 4:
+            raise ValueError(f"T5Config: num_buckets must be ≥ 4, got {self.num_buckets}")
+
+
+def relative_position_bucket(relative_position: numpy.ndarray, bidirectional: bool, num_buckets: int = 32,
+                             max_distance: int = 128) -> numpy.ndarray:
+    """Bucket index for each ``key_pos - query_pos`` (Raffel et al. 2020, §2.1; the reference code's rule).
+
+    Bidirectional: half the buckets for keys after the query, half for before. Within a half, distances
+    below ``num_buckets/4`` (bidirectional) or ``/2`` (causal) get a bucket each; larger ones share
+    log-spaced buckets up to ``max_distance``; anything farther falls in the last one. Causal: keys after the
+    query (masked anyway) map to bucket 0.
+    """
+    n = -numpy.asarray(relative_position, dtype=numpy.int64)  # query - key: > 0 means the key is earlier
+    ret = numpy.zeros_like(n)
+    if bidirectional:
+        num_buckets //= 2
+        ret += (n < 0) * num_buckets
+        n = numpy.abs(n)
+    else:
+        n = numpy.maximum(n, 0)
+    max_exact = num_buckets // 2
+    with numpy.errstate(divide="ignore"):
+        large = max_exact + (numpy.log(numpy.maximum(n, 1) / max_exact) / math.log(max_distance / max_exact)
+                             * (num_buckets - max_exact)).astype(numpy.int64)
+    large = numpy.minimum(large, num_buckets - 1)
+    return ret + numpy.where(n < max_exact, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """One learned scalar per (bucket, head): ``forward(Tq, Tk)`` → additive score bias (1, nh, Tq, Tk)."""
+
+    def __init__(self, n_heads: int, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128):
+        super().__init__()
+        self.bidirectional, self.num_buckets, self.max_distance = bidirectional, num_buckets, max_distance
+        self.embedding = nn.Embedding(num_buckets, n_heads)
+
+    def forward(self, Tq: int, Tk: int, offset: int = 0) -> Tensor:
+        """Queries sit at positions offset .. offset+Tq-1, keys at 0 .. Tk-1."""
+        q = numpy.arange(offset, offset + Tq)[:, None]
+        k = numpy.arange(Tk)[None, :]
+        buckets = relative_position_bucket(k - q, self.bidirectional, self.num_buckets, self.max_distance)
+        bias = self.embedding(B.xp.asarray(buckets))  # (Tq, Tk, nh)
+        return bias.transpose(2, 0, 1).reshape(1, -1, Tq, Tk)  # (1, nh, Tq, Tk)
+
+    def extra_repr(self) -> str:
+        return f"bidirectional={self.bidirectional}, num_buckets={self.num_buckets}"
+
+
+class T5(nn.Module):
+    """``forward(input_ids, labels=...)`` → (logits (B, Tdec, V), loss); ``generate`` decodes greedily."""
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.config = c = config
+        block = dict(d_ff=c.d_ff, dropout=c.dropout, norm="rmsnorm", activation="relu", bias=False)
+        self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)  # shared by encoder, decoder and LM head
+        self.drop = nn.Dropout(c.dropout)
+        self.enc_rel_bias = RelativePositionBias(c.n_heads, True, c.num_buckets, c.max_distance)
+        self.encoder = nn.ModuleList(nn.TransformerBlock(c.d_model, c.n_heads, causal=False, **block)
+                                     for _ in range(c.n_encoder_layers))
+        self.ln_enc = nn.RMSNorm(c.d_model)
+        self.dec_rel_bias = RelativePositionBias(c.n_heads, False, c.num_buckets, c.max_distance)
+        self.decoder = nn.ModuleList(nn.TransformerBlock(c.d_model, c.n_heads, causal=True,
+                                                         cross_attention=True, **block)
+                                     for _ in range(c.n_decoder_layers))
+        self.ln_dec = nn.RMSNorm(c.d_model)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        init_weights(self, c.n_encoder_layers + c.n_decoder_layers)
+        self.tok_emb.weight.data = B.randn(c.vocab_size, c.d_model)  # N(0, 1): the head rescales by √d
+        self.lm_head.weight = self.tok_emb.weight  # tied
+
+    def encode(self, input_ids, attention_mask=None) -> tuple[Tensor, object]:
+        """Encoder output (B, Ts, C) and the key-padding mask (B, Ts) for the decoder's cross-attention."""
+        c = self.config
+        ids = as_ids(input_ids, c.vocab_size, c.max_len, "T5 encoder")
+        pad = padding_mask(ids, attention_mask, c.pad_id)
+        T = ids.shape[1]
+        bias = self.enc_rel_bias(T, T)  # (1, nh, T, T): computed once, shared by every layer
+        x = self.drop(self.tok_emb(ids))  # (B, T, C)
+        for block in self.encoder:
+            x = block(x, key_padding_mask=pad, position_bias=bias)
+        return self.drop(self.ln_enc(x)), pad
+
+    def decode(self, decoder_input_ids, memory: Tensor, memory_pad=None) -> Tensor:
+        """Logits (B, Tt, V) for decoder inputs (B, Tt): causal self-attention + cross-attention to memory."""
+        c = self.config
+        ids = as_ids(decoder_input_ids, c.vocab_size, c.max_len, "T5 decoder")
+        T = ids.shape[1]
+        bias = self.dec_rel_bias(T, T)  # (1, nh, T, T), causal buckets
+        x = self.drop(self.tok_emb(ids))
+        for block in self.decoder:
+            x = block(x, context=memory, context_key_padding_mask=memory_pad, position_bias=bias)
+        h = self.drop(self.ln_dec(x)) * (c.d_model ** -0.5)  # T5's rescale before the tied head
+        return self.lm_head(h)  # (B, Tt, V)
+
+    def forward(self, input_ids, decoder_input_ids=None, labels=None, attention_mask=None):
+        """(logits, loss). ``labels`` (B, Tt): the target text, -100 where no loss; decoder inputs default to
+        the labels shifted right (teacher forcing)."""
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("T5: pass labels or decoder_input_ids")
+            decoder_input_ids = shift_right(labels, self.config.decoder_start_id, self.config.pad_id)
+        memory, pad = self.encode(input_ids, attention_mask)
+        logits = self.decode(decoder_input_ids, memory, pad)
+        loss = None
+        if labels is not None:
+            lab = B.xp.asarray(getattr(labels, "data", labels)).reshape(logits.shape[:2])
+            loss = F.cross_entropy(logits, lab)
+        return logits, loss
+
+    def generate(self, input_ids, max_new_tokens: int = 64, attention_mask=None) -> list[list[int]]:
+        """Greedy decoding: one list of ids per input row, stopping at eos (not included)."""
+        return greedy_decode(self, input_ids, max_new_tokens, attention_mask)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path, extra: dict | None = None) -> None:
+        save({"kind": "t5", "config": asdict(self.config), "model": self.state_dict(), **(extra or {})}, path)
+
+    @classmethod
+    def from_checkpoint(cls, path) -> T5:
+        config, state = read_checkpoint(path, T5Config, "t5")
+        model = cls(config)
+        model.load_state_dict(state)
+        return model
