@@ -107,6 +107,21 @@ def _add_pretrain_parser(sub) -> None:
     g.set_defaults(func=_cmd_generate)
 
 
+def _cmd_finetune_classify(args) -> int:
+    from minillm.finetune_classify import main as finetune_classify
+
+    return finetune_classify(args)
+
+
+def _add_finetune_classify_parser(sub) -> None:
+    from minillm.finetune_classify import add_arguments
+
+    f = sub.add_parser("finetune-classify",
+                       help="transfer learning: pre-trained BERT vs random init, 50/200/1000 labels")
+    add_arguments(f)
+    f.set_defaults(func=_cmd_finetune_classify)
+
+
 def _cmd_pipeline(args) -> int:
     from minillm.pipeline import run_pipeline
 
@@ -193,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_parser(sub)
     _add_sft_parser(sub)
     _add_dpo_parser(sub)
+    _add_finetune_classify_parser(sub)
 
     me = sub.add_parser("memory", help="fine-tuning memory: weights, gradients, optimizer, activations")
     from minillm.peft.memory import add_arguments as _memory_arguments

@@ -267,3 +267,70 @@ def main(args) -> int:
     if args.export:
         print(f"exported: {args.export}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+def phase_encoder(ctx: dict) -> dict:
+    """``minillm pipeline``: pre-train a small BERT (MLM + NSP), then transfer the shipped BERT to sentiment
+    with few labels against the same architecture from scratch."""
+    from minillm.finetune_classify import transfer_experiment
+    from minillm.tokenizer import load_default_tokenizer
+
+    tok = ctx.get("tokenizer") or load_default_tokenizer()
+    quick = ctx["quick"]
+    size = dict(d_model=32, n_layers=1) if quick else dict(d_model=64, n_layers=2)
+    res = pretrain("mlm+nsp", tok, steps=30 if quick else 600, num_stories=300 if quick else 5000,
+                   batch_size=16 if quick else 32, max_len=48, seed=ctx["seed"], progress=False,
+                   out_dir=str(Path(ctx["out"]) / "bert"), **size)
+    ev = res["evaluation"]
+    out = {"BERT parameters": res["model"].num_parameters(), "steps": len(res["history"]["step"]),
+           "train seconds": res["seconds"], "MLM masked-token accuracy": ev["mlm_acc"],
+           "NSP accuracy": ev["nsp_acc"]}
+    ckpt = SHIPPED_BERT if SHIPPED_BERT.exists() else Path(ctx["out"]) / "bert" / "model.npz"
+    counts = (50,) if quick else (50, 200, 1000)
+    rows = transfer_experiment(ckpt, tok, counts, steps=10 if quick else 200, n_test=100 if quick else 1000,
+                               seed=ctx["seed"])
+    for r in rows:
+        out[f"sentiment acc, {r['labels']} labels (scratch -> pre-trained)"] = (
+            f"{r['scratch']:.3f} -> {r['pretrained']:.3f}")
+    out["transfer from"] = Path(ckpt).name
+    return out
+
+
+def phase_encoder_decoder(ctx: dict) -> dict:
+    """``minillm pipeline``: short BART denoising and T5 span-corruption runs, then the shipped T5 doing
+    two tasks by prefix (summarize, translate) and the shipped BART reconstructing corrupted text."""
+    from minillm.data.text2text import text2text_examples
+    from minillm.tokenizer import load_default_tokenizer
+
+    tok = ctx.get("tokenizer") or load_default_tokenizer()
+    quick = ctx["quick"]
+    out = {}
+    for objective in ("denoise", "span"):
+        res = pretrain(objective, tok, steps=20 if quick else 400, d_model=32 if quick else 64, n_layers=1,
+                       num_stories=300 if quick else 5000, batch_size=8 if quick else 32, max_len=48,
+                       seed=ctx["seed"], progress=False)
+        name = "BART denoise" if objective == "denoise" else "T5 span"
+        ev = res["evaluation"]
+        out[f"{name}: steps / seconds"] = f"{len(res['history']['step'])} / {res['seconds']:.1f}"
+        out[f"{name}: teacher-forced token acc"] = next(v for k, v in ev.items() if k.endswith("_token_acc")
+                                                        and "greedy" not in k)
+    sp = D.SpecialIds.from_tokenizer(tok)
+    n = 8 if quick else 64
+    if SHIPPED_T5.exists():
+        model = T5.from_checkpoint(SHIPPED_T5)
+        pairs = D.encode_pairs(tok, text2text_examples(2 * n, seed=ctx["seed"] + 10_000))
+        for task, sel in (("summarize", slice(0, None, 2)), ("translate", slice(1, None, 2))):
+            b = {"input_ids": D.O.pad_sequences([p[0] for p in pairs[sel]], sp.pad),
+                 "labels": D.O.pad_sequences([p[1] for p in pairs[sel]], IGNORE_INDEX)}
+            ev = evaluate_seq2seq(model, [b])
+            out[f"shipped T5 {task}: exact match"] = ev["greedy_exact_match"]
+    if SHIPPED_BART.exists():
+        model = BART.from_checkpoint(SHIPPED_BART)
+        docs = D.world_documents(tok, 200, seed=ctx["seed"] + 10_000)
+        rng = numpy.random.default_rng(ctx["seed"])
+        b = D.denoise_batch(docs, rng, batch_size=n, max_len=model.config.max_len, sp=sp)
+        ev = evaluate_seq2seq(model, [b], max_new_tokens=model.config.max_len)
+        out["shipped BART reconstruction: token acc"] = ev["greedy_token_acc"]
+        out["shipped BART reconstruction: exact match"] = ev["greedy_exact_match"]
+    return out
