@@ -83,8 +83,24 @@ def phase_lora(ctx: dict) -> dict:
     return out
 
 
+def phase_encoder(ctx: dict) -> dict:
+    """BERT (MLM + NSP) pre-training and transfer to sentiment (``minillm.pretrain_encoders``)."""
+    from minillm.pretrain_encoders import phase_encoder as run
+
+    return run(ctx)
+
+
+def phase_encoder_decoder(ctx: dict) -> dict:
+    """BART denoising, T5 span corruption, one T5 doing two tasks by prefix (``pretrain_encoders``)."""
+    from minillm.pretrain_encoders import phase_encoder_decoder as run
+
+    return run(ctx)
+
+
 PHASES = [
     ("pre-training: a GPT learns the world's stories", phase_pretrain),
+    ("encoder: BERT pre-training (MLM + NSP), transfer to sentiment", phase_encoder),
+    ("encoder-decoder: BART denoising, T5 span corruption and task prefixes", phase_encoder_decoder),
     ("PEFT: full fine-tuning vs LoRA (+ QLoRA, adapters, prefix) on a new task", phase_lora),
 ]
 
