@@ -181,12 +181,16 @@ class EmulatedModule:
         for name, params in self.kernels.items():
             decl = ", ".join(f"{p.ctype} a{i}" for i, p in enumerate(params))
             call = ", ".join(f"a{i}" for i in range(len(params)))
-            lines.append(f'extern "C" void emu_launch_{name}(unsigned gx, unsigned gy, unsigned gz, '
+            lines.append('extern "C" __attribute__((visibility("default")))\n'
+                         f'void emu_launch_{name}(unsigned gx, unsigned gy, unsigned gz, '
                          f'unsigned bx, unsigned by, unsigned bz{", " if decl else ""}{decl}) {{\n'
                          f'    emu_launch(dim3(gx, gy, gz), dim3(bx, by, bz), [&] {{ {name}({call}); }});\n'
                          '}')
         source = "\n".join(lines) + f"\n// source {_digest(self.path)}\n"  # the cache key covers the .cu text
-        flags = [opt, "-shared", "-fPIC", *_define_flags(self.defines)]
+        # hidden + no gnu-unique: two builds of one .cu (other tile sizes) loaded in one process must not
+        # share their `static` (shared-memory) arrays through the dynamic linker
+        flags = [opt, "-shared", "-fPIC", "-fvisibility=hidden", "-fno-gnu-unique", "-Wl,-Bsymbolic",
+                 *_define_flags(self.defines)]
         self.lib_path = _build(source, "emulated.so", flags, kernel_path(_HEADER).parent)
         self.lib = ctypes.CDLL(str(self.lib_path))
         self._functions: dict[str, EmulatedKernel] = {}
