@@ -206,8 +206,8 @@ def pretrain(objective: str, tok, *, steps: int, d_model: int = 64, n_layers: in
     family = FAMILY[objective]
     pairs = val_pairs = None
     if mix_tasks and family != "bert":
-        pairs = D.encode_pairs(tok, text2text_examples(num_task_examples, seed=seed))
-        val_pairs = D.encode_pairs(tok, text2text_examples(64, seed=seed + 10_000))
+        pairs = D.encode_pairs(tok, text2text_examples(num_task_examples, seed=seed), max_len)
+        val_pairs = D.encode_pairs(tok, text2text_examples(64, seed=seed + 10_000), max_len)
     B.manual_seed(seed)
     model = build_model(objective, tok, d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_len=max_len,
                         d_ff=d_ff)
@@ -319,7 +319,8 @@ def phase_encoder_decoder(ctx: dict) -> dict:
     n = 8 if quick else 64
     if SHIPPED_T5.exists():
         model = T5.from_checkpoint(SHIPPED_T5)
-        pairs = D.encode_pairs(tok, text2text_examples(2 * n, seed=ctx["seed"] + 10_000))
+        pairs = D.encode_pairs(tok, text2text_examples(2 * n, seed=ctx["seed"] + 10_000),
+                               model.config.max_len)
         for task, sel in (("summarize", slice(0, None, 2)), ("translate", slice(1, None, 2))):
             b = {"input_ids": D.O.pad_sequences([p[0] for p in pairs[sel]], sp.pad),
                  "labels": D.O.pad_sequences([p[1] for p in pairs[sel]], IGNORE_INDEX)}

@@ -133,9 +133,11 @@ def span_batch(docs, rng, *, batch_size: int, max_len: int, sp: SpecialIds, nois
     return {"input_ids": O.pad_sequences(inputs, sp.pad), "labels": O.pad_sequences(targets, O.IGNORE_INDEX)}
 
 
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """(input text, target text) → (input ids, target ids + eos)."""
-    return [(tokenizer.encode(a), tokenizer.encode(b) + [tokenizer.eos_id]) for a, b in pairs]
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], max_len: int | None = None
+                 ) -> list[tuple[list[int], list[int]]]:
+    """(input text, target text) → (input ids, target ids + eos), each cut to ``max_len`` tokens."""
+    n = max_len or 1 << 30
+    return [(tokenizer.encode(a)[:n], (tokenizer.encode(b)[:n - 1] + [tokenizer.eos_id])) for a, b in pairs]
 
 
 def seq2seq_batch(pairs, rng, *, batch_size: int, sp: SpecialIds) -> dict:
