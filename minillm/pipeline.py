@@ -59,6 +59,32 @@ def phase_pretrain(ctx: dict) -> dict:
     }
 
 
+def phase_sft(ctx: dict) -> dict:
+    """Supervised fine-tuning on the mixed task data, from the shipped pre-trained GPT (the pipeline's own
+    small GPT when none ships), with held-out evaluation before and after (``minillm.sft``)."""
+    from pathlib import Path
+
+    from minillm.sft import load_model, run_sft, summary_rows
+
+    src = ctx.get("shipped_gpt")
+    if not src or not Path(src).exists():
+        src = ctx["gpt_ckpt"]
+    model, tok = load_model(src)
+    if model.config.context_length < 96:  # the chat data needs ~100 tokens per conversation
+        return {"skipped": f"{Path(src).name} has a {model.config.context_length}-token context; SFT needs "
+                           "~100 (ship minillm/checkpoints/gpt_tiny.npz)"}
+    steps, n_eval, batch = (8, 2, 4) if ctx["quick"] else (300, 12, 16)
+    out = str(Path(ctx["out"]) / "sft" / "model.npz")
+    res = run_sft(model, tok, task="mix", steps=steps, n_train=400 if ctx["quick"] else 4000, n_eval=n_eval,
+                  batch_size=batch, seed=ctx["seed"], out=out, progress=False)
+    ctx.update(sft_ckpt=out, sft_model=model)
+    return {"started from": Path(src).name, "steps x batch": f"{steps} x {batch}",
+            "train examples": res["train_examples"], "train loss (last)": res["history"]["loss"][-1],
+            **{f"{k} (before -> after)" if "->" in v else k: v
+               for k, v in summary_rows(res["before"], res["after"]).items()},
+            "checkpoint": out}
+
+
 def phase_lora(ctx: dict) -> dict:
     """Parameter-efficient fine-tuning on a new task (world QA): full fine-tuning vs LoRA (quick) and QLoRA,
     adapters and prefix tuning, from the same pre-trained GPT (``minillm.peft.compare``)."""
@@ -102,6 +128,7 @@ PHASES = [
     ("encoder: BERT pre-training (MLM + NSP), transfer to sentiment", phase_encoder),
     ("encoder-decoder: BART denoising, T5 span corruption and task prefixes", phase_encoder_decoder),
     ("PEFT: full fine-tuning vs LoRA (+ QLoRA, adapters, prefix) on a new task", phase_lora),
+    ("SFT: chat template, code, chain of thought, tool calls", phase_sft),
 ]
 
 
