@@ -185,3 +185,24 @@ def test_checkpoint_saved_on_gpu_loads_on_cpu(gpu, tmp_path):
     cpu_layer.load_state_dict(state)
     assert isinstance(cpu_layer.weight.data, np.ndarray)
     np.testing.assert_array_equal(cpu_layer.weight.data, B.to_numpy(layer.weight.data))
+
+
+def test_bench_gpu_without_gpu_exits_2(capsys):
+    if HAVE_GPU:
+        pytest.skip("a GPU is present: `minillm bench --gpu` would run the full benchmark")
+    from minillm.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--gpu"])
+    assert exc.value.code == 2
+    assert "no GPU" in capsys.readouterr().err
+
+
+def test_bench_gpu_flop_counts_and_table():
+    from minillm.bench.gpu import attention_flops, format_table
+
+    assert attention_flops(1, 1, 10, 4, causal=False) == 1600.0
+    assert attention_flops(1, 1, 10, 4, causal=True) == 800.0
+    assert attention_flops(2, 3, 10, 4, causal=False, backward=True) == 2.5 * 6 * 1600.0
+    table = format_table([{"a": 1.23456, "b": "x"}], ["a", "b"])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | x |"]
