@@ -329,10 +329,12 @@ fused_attention = FusedAttention()
 
 def install() -> None:
     """Route the backend's matmul and attention seams through our kernels (called by set_backend("cupy"))."""
-    choice = os.environ.get("MINILLM_KERNELS", "ours").strip().lower()
-    if choice not in ("ours", "library"):
-        raise ValueError(f"MINILLM_KERNELS must be 'ours' or 'library', got {choice!r}")
-    B.use_custom_kernels = choice == "ours"
+    choice = os.environ.get("MINILLM_KERNELS")
+    if choice is not None:  # otherwise keep backend.use_custom_kernels as it is (True by default)
+        choice = choice.strip().lower()
+        if choice not in ("ours", "library"):
+            raise ValueError(f"MINILLM_KERNELS must be 'ours' or 'library', got {choice!r}")
+        B.use_custom_kernels = choice == "ours"
     B.matmul, B.matmul_nt, B.matmul_tn = matmul, matmul_nt, matmul_tn
     B.fused_attention = fused_attention
 
