@@ -357,7 +357,7 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
                   loss_type: str = "sigmoid", label_smoothing: float = 0.0, lr: float = 1e-4,
                   batch_size: int = 16, sft_steps: int = 0, sft_lr: float = 3e-4, num_samples: int = 2,
                   temperature: float = 1.0, triplets: list[dict] | None = None, pair_source: str = "sampled",
-                  eval_samples: int = 2, min_pairs: int = 16,
+                  eval_samples: int = 2, min_pairs: int = 16, max_new_tokens: int = 48,
                   seed: int = 0, quick: bool = False, progress: bool = False, log=print) -> dict:
     """The alignment phase end to end, on ``minillm.preferences``' world prompts:
 
@@ -380,14 +380,16 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
     train_prompts = P.make_prompts("train", seed=0)
     eval_prompts = P.make_prompts("eval", seed=0)
     if quick:
-        train_prompts, eval_prompts = train_prompts[::8], eval_prompts[::6]
+        train_prompts, eval_prompts = train_prompts[::12], eval_prompts[::10]
+        max_new_tokens = min(max_new_tokens, 24)
     ctx = policy.config.context_length
     fits = lambda p: len(render_prompt(p["messages"], tokenizer)) + 16 <= ctx  # noqa: E731
     train_prompts = [p for p in train_prompts if fits(p)]
     eval_prompts = [p for p in eval_prompts if fits(p)]
     if not train_prompts or not eval_prompts:
         raise ValueError(f"dpo: no preference prompt fits context_length {ctx} (with room for a reply)")
-    gen = dict(num_samples=eval_samples, temperature=temperature, seed=seed + 7)
+    gen = dict(num_samples=eval_samples, temperature=temperature, max_new_tokens=max_new_tokens,
+               seed=seed + 7)
     table: dict[str, dict] = {}
     if pretrained is not None:
         table["pre-trained"] = P.evaluate_behaviour(pretrained, tokenizer, eval_prompts, **gen)
@@ -399,7 +401,7 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
     table["SFT"] = P.evaluate_behaviour(policy, tokenizer, eval_prompts, **gen)
     if triplets is None and pair_source == "sampled":
         triplets, stats = P.sample_pairs(policy, tokenizer, train_prompts, num_samples, temperature,
-                                         seed=seed + 1)
+                                         max_new_tokens, seed=seed + 1)
         if len(triplets) < min_pairs:  # a model too weak to write distinguishable replies: top up offline
             have = {json.dumps(t["prompt"]) for t in triplets}
             extra = [t for t in P.offline_pairs(train_prompts, seed) if json.dumps(t["prompt"]) not in have]

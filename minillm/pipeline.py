@@ -85,6 +85,46 @@ def phase_sft(ctx: dict) -> dict:
             "checkpoint": out}
 
 
+def phase_dpo(ctx: dict) -> dict:
+    """DPO (``minillm.dpo.run_dpo_phase``): from the SFT phase's model (else the shipped gpt_sft.npz, else
+    gpt_tiny.npz), a short mixed-quality SFT on the preference prompts, on-policy pairs picked by the
+    rule-based judge, DPO against a frozen copy, and the behaviour table pre-trained -> SFT -> DPO."""
+    from pathlib import Path
+
+    from minillm.dpo import run_dpo_phase
+    from minillm.sft import SHIPPED_SFT, load_model
+
+    cands = [ctx.get("sft_ckpt"), str(SHIPPED_SFT), ctx.get("shipped_gpt")]
+    src = next((c for c in cands if c and Path(c).exists()), None)
+    if src is None:
+        return {"skipped": "no SFT or shipped GPT checkpoint to start from (ship "
+                           "minillm/checkpoints/gpt_tiny.npz)"}
+    policy, tok = load_model(src)
+    if policy.config.context_length < 96:
+        return {"skipped": f"{Path(src).name} has a {policy.config.context_length}-token context; the chat "
+                           "prompts need ~100"}
+    before = ctx.get("shipped_gpt")
+    pretrained = load_model(before)[0] if before and Path(before).exists() else None
+    chat_trained = src != ctx.get("shipped_gpt")  # a GPT that never saw the chat template needs more SFT
+    size = (dict(steps=4, sft_steps=4, batch_size=4, eval_samples=1) if ctx["quick"] else
+            dict(steps=DPO_STEPS, sft_steps=DPO_SFT_STEPS if chat_trained else 2 * DPO_SFT_STEPS,
+                 batch_size=16, eval_samples=2, num_samples=4))
+    res = run_dpo_phase(policy, tok, pretrained=pretrained, quick=ctx["quick"], seed=ctx["seed"],
+                        log=lambda s: None, **size)
+    out = Path(ctx["out"]) / "dpo" / "gpt_dpo.npz"
+    policy.save_checkpoint(out, tok)
+    table = res["table"]
+    cols = list(table)
+    rows = {k: " -> ".join(f"{table[c][k]:.2f}" if k in table[c] else "-" for c in cols)
+            for k in dict.fromkeys(k for c in cols for k in table[c])}
+    return {"started from": Path(src).name, "preference pairs": len(res["triplets"]),
+            "held-out behaviour": " -> ".join(cols), **rows,
+            **{f"final {k}": v for k, v in res["final"].items()}, "checkpoint": str(out)}
+
+
+DPO_STEPS, DPO_SFT_STEPS = 60, 100
+
+
 def phase_lora(ctx: dict) -> dict:
     """Parameter-efficient fine-tuning on a new task (world QA): full fine-tuning vs LoRA (quick) and QLoRA,
     adapters and prefix tuning, from the same pre-trained GPT (``minillm.peft.compare``)."""
@@ -129,6 +169,7 @@ PHASES = [
     ("encoder-decoder: BART denoising, T5 span corruption and task prefixes", phase_encoder_decoder),
     ("PEFT: full fine-tuning vs LoRA (+ QLoRA, adapters, prefix) on a new task", phase_lora),
     ("SFT: chat template, code, chain of thought, tool calls", phase_sft),
+    ("DPO: preference pairs from a rule-based judge, aligned against a frozen reference", phase_dpo),
 ]
 
 
