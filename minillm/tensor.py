@@ -159,22 +159,7 @@ class Tensor:
             grad = grad.data if isinstance(grad, Tensor) else B.xp.asarray(grad, dtype=self.dtype)
             if grad.shape != self.shape:
                 raise ValueError(f"backward: grad has shape {grad.shape}, tensor has shape {self.shape}")
-        # topological order, iteratively (deep graphs would overflow recursion)
-        topo, seen, stack = [], set(), [(self, False)]
-        while stack:
-            node, expanded = stack.pop()
-            if expanded:
-                topo.append(node)
-                continue
-            if id(node) in seen:
-                continue
-            if node._freed:
-                raise RuntimeError(f"backward: the graph behind this {node._op!r} result was freed by an "
-                                   "earlier backward(); pass retain_graph=True to the first call to "
-                                   "backpropagate twice")
-            seen.add(id(node))
-            stack.append((node, True))
-            stack.extend((p, False) for p in node._prev if id(p) not in seen)
+        topo = topological_order(self)
         # an intermediate's .grad is this pass's buffer: set aside what a retained one kept from earlier
         earlier = {id(n): n.grad for n in topo if n._prev and n.grad is not None}
         for n in topo:
@@ -483,6 +468,30 @@ class Tensor:
 
 
 # -------------------------------------------------------------------- functions over several tensors
+def topological_order(root: Tensor) -> list[Tensor]:
+    """Every tensor ``root`` was computed from, each listed after its inputs (``root`` last).
+
+    ``backward()`` walks this list in reverse, so a node's gradient is complete before it is passed on.
+    Depth-first and iterative: a deep graph would overflow Python's recursion limit.
+    """
+    topo, seen, stack = [], set(), [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            topo.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        if node._freed:
+            raise RuntimeError(f"backward: the graph behind this {node._op!r} result was freed by an "
+                               "earlier backward(); pass retain_graph=True to the first call to "
+                               "backpropagate twice")
+        seen.add(id(node))
+        stack.append((node, True))
+        stack.extend((p, False) for p in reversed(node._prev) if id(p) not in seen)
+    return topo
+
+
 def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 

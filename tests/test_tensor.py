@@ -13,7 +13,7 @@ from strategies import arrays, axes, broadcastable_shapes, index_keys, matmul_sh
 import minillm
 from minillm import F, Tensor, nn, no_grad
 from minillm.nn import StateDictError
-from minillm.tensor import concat, stack, where
+from minillm.tensor import concat, stack, topological_order, where
 
 BINARY = {
     "add": (lambda a, b: a + b, np.add),
@@ -231,6 +231,18 @@ def test_gradients_accumulate_across_two_backward_calls():
     (x ** 3).sum().backward()
     np.testing.assert_allclose(first, 2 * x.data)
     np.testing.assert_allclose(x.grad, 2 * x.data + 3 * x.data ** 2)
+
+
+def test_topological_order_lists_inputs_before_results():
+    a, b = tensor64(np.array([1.0])), tensor64(np.array([2.0]))
+    c = a * b
+    d = c + a
+    e = d * c
+    order = topological_order(e)
+    pos = {id(t): i for i, t in enumerate(order)}
+    assert order[-1] is e and len(order) == 5
+    for t in order:
+        assert all(pos[id(p)] < pos[id(t)] for p in t._prev)
 
 
 def test_a_reused_input_gets_both_gradients():
