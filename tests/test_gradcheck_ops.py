@@ -311,6 +311,7 @@ OPS = [
     Op("clip_lower_only", lambda x: x.clip(0.25, None), one(away_from=(0.25,), margin=0.01)),
     # ---- shape
     Op("reshape", lambda x, shape: x.reshape(shape), reshape_input()),
+    Op("view", lambda x, shape: x.view(*shape), reshape_input()),
     Op("transpose_permutation", lambda x, perm: x.transpose(perm), permutation()),
     Op("transpose_swap_two_axes", lambda x, i, j: x.transpose(i, j), swap()),
     Op(".T", lambda x: x.T, one()),
@@ -329,6 +330,9 @@ OPS = [
     Op("F.gelu", lambda x: F.gelu(x), one(low=-4, high=4)),
     Op("F.silu", lambda x: F.silu(x), one(low=-4, high=4)),
     Op("F.sigmoid", lambda x: F.sigmoid(x), one()),
+    Op("F.tanh", lambda x: F.tanh(x), one()),
+    Op("F.matmul", lambda a, b: F.matmul(a, b), matmul_shapes().flatmap(
+        lambda s: st.tuples(arrays(s[0]), arrays(s[1])).map(lambda ab: ((T(ab[0]), T(ab[1])), {})))),
     Op("F.softmax", lambda x, axis: F.softmax(x, axis), last_axis(low=-5, high=5)),
     Op("Tensor.softmax", lambda x, axis: x.softmax(axis), last_axis()),
     Op("F.log_softmax", lambda x, axis: F.log_softmax(x, axis), last_axis(low=-5, high=5)),
