@@ -181,8 +181,10 @@ class Tensor:
     def _lift(self, other) -> Tensor:
         if isinstance(other, Tensor):
             return other
-        if isinstance(other, numbers.Number):
-            return Tensor(B.xp.asarray(other, dtype=self.dtype))
+        if isinstance(other, numbers.Number):  # a Python number takes a float tensor's dtype (no upcast)...
+            if self.dtype.kind == "f":
+                return Tensor(B.xp.asarray(other, dtype=self.dtype))
+            return Tensor(B.xp.asarray(other))  # ...but never truncates: int_tensor * 0.5 is a float
         return Tensor(other)
 
     def __add__(self, other) -> Tensor:

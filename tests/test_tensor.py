@@ -108,6 +108,16 @@ def test_shape_ops_match_numpy(data):
     np.testing.assert_array_equal(stack([t, t], axis=1).numpy(), np.stack([x, x], axis=1))
 
 
+def test_python_numbers_keep_float_dtype_and_never_truncate():
+    f32 = Tensor(np.ones(2, np.float32))
+    assert (f32 * 0.5).dtype == np.float32 and (2 - f32).dtype == np.float32
+    ints = Tensor(np.arange(3))
+    np.testing.assert_array_equal((ints * 0.5).numpy(), [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal((ints + 1).numpy(), [1, 2, 3])
+    assert (ints + 1).dtype.kind == "i"
+    np.testing.assert_array_equal((Tensor(np.array([True, False])) * 2.5).numpy(), [2.5, 0.0])
+
+
 def test_repeated_indices_scatter_add():
     x = tensor64(np.arange(4.0))
     x[np.array([1, 1, 3, 1])].sum().backward()
