@@ -256,9 +256,10 @@ def test_world_qa_task_and_encoding():
     assert not any(p in train_prompts for p, _ in qa["test"])  # held-out phrasings
     tok = load_default_tokenizer()
     x, y = encode_qa(tok, qa["test"][:3])
+    assert (encode_qa(tok, qa["test"][:1], eos=True)[1] == tok.eos_id).sum() == 1  # optional end-of-text
     for i, (prompt, answer) in enumerate(qa["test"][:3]):
         target = [t for t in y[i] if t != -100]
-        assert target == tok.encode(answer) + [tok.eos_id]  # the loss sees the answer (and EOS) only
+        assert target == tok.encode(answer)  # the loss sees the answer only
         n = len(tok.encode(prompt))
         assert list(x[i, :n]) == tok.encode(prompt)
 

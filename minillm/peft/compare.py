@@ -34,6 +34,9 @@ QUESTION_TEMPLATES = {
 }
 
 
+EOS_IN_TARGET = False
+
+
 def world_qa(held_out_template: int = 2) -> dict:
     """{"train": [(prompt, answer)], "test": [(prompt, answer)]}: every fact of the world, asked with each
     phrasing; the ``held_out_template``-th phrasing of each kind goes to "test"."""
@@ -52,12 +55,16 @@ def world_qa(held_out_template: int = 2) -> dict:
     return out
 
 
-def encode_qa(tokenizer, pairs, max_len: int | None = None):
-    """(x, y) int arrays (N, T): prompt + answer + end-of-text, right-padded; y is x shifted left, with the
-    prompt and the padding set to -100 so the loss (and the score) covers the answer only."""
+def encode_qa(tokenizer, pairs, max_len: int | None = None, eos: bool = EOS_IN_TARGET):
+    """(x, y) int arrays (N, T): prompt + answer (+ end-of-text with ``eos``), right-padded; y is x shifted
+    left, with the prompt and the padding set to -100 so the loss (and the score) covers the answer only.
+
+    By default the answer is not followed by end-of-text: the answer's final period ends it, and the model
+    is not taught to stop after every period (which would cost it on every story sentence: forgetting that
+    says nothing about the method)."""
     rows = []
     for prompt, answer in pairs:
-        p, a = tokenizer.encode(prompt), tokenizer.encode(answer) + [tokenizer.eos_id]
+        p, a = tokenizer.encode(prompt), tokenizer.encode(answer) + ([tokenizer.eos_id] if eos else [])
         rows.append((p + a, len(p)))
     T = max(len(ids) for ids, _ in rows) - 1
     if max_len is not None and T > max_len:
