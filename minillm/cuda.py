@@ -27,6 +27,7 @@ from minillm.cuda_emulator import kernel_path
 DEFAULT_TILES = {
     "V1_BLOCK": 16, "V2_TILE": 32, "V3_BM": 128, "V3_BN": 128, "V3_BK": 8, "V3_TM": 8, "V3_TN": 8,
     "ATTN_TPR": 4, "FWD64_BM": 64, "FWD64_BN": 32, "FWD128_BM": 32, "FWD128_BN": 16,
+    "FWD2_BM": 64, "FWD2_BN": 32,
     "BWD64_BM": 32, "BWD64_BN": 32, "BWD128_BM": 16, "BWD128_BN": 16,
 }
 RUNGS = ("v1", "v2", "v3")
@@ -153,19 +154,28 @@ class Kernels:
             return "d128", self.t["FWD128_BM"], self.t["BWD128_BM"], self.t["BWD128_BN"]
         raise ValueError(f"attention kernels support head dim <= {MAX_HEAD_DIM}, got {d}")
 
-    def attention_forward(self, q, k, v, kpm, causal: bool, scale: float):
-        """Flash forward. q (BH, Tq, d), k/v (BH, Tk, d), kpm (BH, Tk) uint8 or None -> (o, m, log_l)."""
+    def attention_forward(self, q, k, v, kpm, causal: bool, scale: float, version: str = "v2"):
+        """Flash forward. q (BH, Tq, d), k/v (BH, Tk, d), kpm (BH, Tk) uint8 or None -> (o, m, log_l).
+
+        ``version="v2"`` takes the register-blocked kernel when d <= 64; "v1" always the simple one.
+        """
         xp = self.xp
         q, k, v = (xp.ascontiguousarray(x, dtype=numpy.float32) for x in (q, k, v))
         BH, Tq, d = q.shape
         Tk = k.shape[1]
         var, bm, _, _ = self._attn_variant(d)
+        name, threads = f"flash_fwd_{var}", bm * self.t["ATTN_TPR"]
+        if version == "v2" and d <= 64:
+            bm = self.t["FWD2_BM"]
+            name, threads = "flash_fwd_v2_d64", (bm // 4) * 16
+        elif version not in ("v1", "v2"):
+            raise ValueError(f"attention forward version must be 'v1' or 'v2', got {version!r}")
         o = self._out((BH, Tq, d))
         m, log_l = self._out((BH, Tq)), self._out((BH, Tq))
         has_mask = kpm is not None
         kpm = xp.ascontiguousarray(kpm, dtype=numpy.uint8) if has_mask else xp.zeros((1,), dtype=numpy.uint8)
-        self._fn("attention", f"flash_fwd_{var}")(
-            (_cdiv(Tq, bm), BH, 1), (bm * self.t["ATTN_TPR"], 1, 1),
+        self._fn("attention", name)(
+            (_cdiv(Tq, bm), BH, 1), (threads, 1, 1),
             (q, k, v, o, m, log_l, kpm, numpy.int32(has_mask), numpy.int32(Tq), numpy.int32(Tk),
              numpy.int32(d), numpy.float32(scale), numpy.int32(bool(causal))))
         return o, m, log_l

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not have_compiler(), reason="the CUDA emulator n
 
 # Small tiles for the emulator: every block is 16-64 host threads. Not multiples of each other on purpose.
 SMALL = {"V1_BLOCK": 4, "V2_TILE": 8, "V3_BM": 32, "V3_BN": 16, "V3_BK": 8, "V3_TM": 4, "V3_TN": 4,
-         "FWD64_BM": 8, "FWD64_BN": 8, "FWD128_BM": 4, "FWD128_BN": 8,
+         "FWD64_BM": 8, "FWD64_BN": 8, "FWD128_BM": 4, "FWD128_BN": 8, "FWD2_BM": 8, "FWD2_BN": 16,
          "BWD64_BM": 8, "BWD64_BN": 4, "BWD128_BM": 4, "BWD128_BN": 8}
 
 
@@ -130,7 +130,7 @@ def attention_reference(q, k, v, kpm, causal, scale, do):
     return p @ v, ds @ k * scale, ds.transpose(0, 2, 1) @ q * scale, p.transpose(0, 2, 1) @ do
 
 
-def _check_attention(ker, BH, Tq, Tk, d, causal, masked, seed, dead_rows=False):
+def _check_attention(ker, BH, Tq, Tk, d, causal, masked, seed, dead_rows=False, fwd="v2"):
     rng = np.random.default_rng(seed)
     q, k, v = (rng.standard_normal((BH, T, d)).astype(np.float32) for T in (Tq, Tk, Tk))
     do = rng.standard_normal((BH, Tq, d)).astype(np.float32)  # a random upstream gradient, never ones
@@ -141,7 +141,7 @@ def _check_attention(ker, BH, Tq, Tk, d, causal, masked, seed, dead_rows=False):
         if dead_rows:  # left padding + causal: the first queries may see no key at all
             kpm[0, : min(Tk, 6)] = 0
     scale = 1.0 / np.sqrt(d)
-    o, m, log_l = ker.attention_forward(q, k, v, kpm, causal, scale)
+    o, m, log_l = ker.attention_forward(q, k, v, kpm, causal, scale, version=fwd)
     dq, dk, dv = ker.attention_backward(q, k, v, o, m, log_l, do, kpm, causal, scale)
     refs = attention_reference(q, k, v, kpm, causal, scale, do)
     for name, got, ref in zip(("o", "dq", "dk", "dv"), (o, dq, dk, dv), refs):
@@ -151,31 +151,34 @@ def _check_attention(ker, BH, Tq, Tk, d, causal, masked, seed, dead_rows=False):
     assert np.isfinite(m).all() and np.isfinite(log_l).all()
 
 
-@pytest.mark.parametrize("d", [8, 64, 96])  # 8 and 64 use the d<=64 kernels, 96 the d<=128 ones
+@pytest.mark.parametrize("d,fwd", [(8, "v1"), (64, "v1"), (8, "v2"), (64, "v2"), (96, "v1")])
 @settings(max_examples=5)
 @given(BH=st.integers(1, 3), Tq=st.integers(1, 23), Tk=st.integers(1, 23), causal=st.booleans(),
        masked=st.booleans(), seed=st.integers(0, 2**16))
-def test_attention_small_tiles(small, d, BH, Tq, Tk, causal, masked, seed):
-    _check_attention(small, BH, Tq, Tk, d, causal, masked, seed)
+def test_attention_small_tiles(small, d, fwd, BH, Tq, Tk, causal, masked, seed):
+    """d <= 64 runs the d64 kernels (forward v1 or v2), d = 96 the d128 ones."""
+    _check_attention(small, BH, Tq, Tk, d, causal, masked, seed, fwd=fwd)
 
 
+@pytest.mark.parametrize("fwd", ["v1", "v2"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("Tq,Tk", [(13, 13), (7, 19), (19, 7)])
-def test_attention_fully_masked_rows(small, causal, Tq, Tk):
+def test_attention_fully_masked_rows(small, causal, Tq, Tk, fwd):
     """Rows with no allowed key average V uniformly (as the composed path does) and get no dQ."""
-    _check_attention(small, 2, Tq, Tk, 24, causal, True, seed=Tq * Tk, dead_rows=True)
+    _check_attention(small, 2, Tq, Tk, 24, causal, True, seed=Tq * Tk, dead_rows=True, fwd=fwd)
 
 
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d,fwd", [(64, "v1"), (64, "v2"), (40, "v2"), (128, "v1")])
 @pytest.mark.parametrize("causal", [False, True])
-def test_attention_real_tiles(real, d, causal):
-    """The GPU tile configuration (fwd 64/32 rows of 4 threads, bwd 32/16) on a ragged length."""
-    _check_attention(real, 2, 70, 70, d, causal, masked=causal, seed=d)
+def test_attention_real_tiles(real, d, fwd, causal):
+    """The GPU tile configuration (fwd v1 64/32 rows of 4 threads, v2 64×32 on 256 threads; bwd 32/16)."""
+    _check_attention(real, 2, 70, 70, d, causal, masked=causal, seed=d, fwd=fwd)
 
 
-def test_attention_long_sequence_online_softmax(small):
+@pytest.mark.parametrize("fwd", ["v1", "v2"])
+def test_attention_long_sequence_online_softmax(small, fwd):
     """Many key tiles: the running max/sum rescaling must match the full softmax."""
-    _check_attention(small, 1, 150, 150, 16, causal=True, masked=False, seed=5)
+    _check_attention(small, 1, 150, 150, 16, causal=True, masked=False, seed=5, fwd=fwd)
 
 
 # -------------------------------------------------------------------- the backend glue, on the emulator
@@ -285,6 +288,7 @@ def _attn_args(kind, Tq=11, Tk=13, d=12):
 
 
 @pytest.mark.parametrize("name,grid,block", [("flash_fwd_d64", (2, 1, 1), (32, 1, 1)),
+                                             ("flash_fwd_v2_d64", (2, 1, 1), (32, 1, 1)),
                                              ("flash_bwd_dkdv_d64", (4, 1, 1), (16, 1, 1)),
                                              ("flash_bwd_dq_d64", (2, 1, 1), (32, 1, 1))])
 def test_tsan_attention_race_free(name, grid, block):
@@ -309,6 +313,7 @@ def test_tsan_catches_a_missing_syncthreads(tmp_path):
     ("matmul.cu", "sgemm_v3_nn", (2, 1, 1), (32, 1, 1), lambda: _gemm_args(19, 21, 23)),
     ("matmul.cu", "sgemm_v3_nt", (1, 1, 1), (32, 1, 1), lambda: _gemm_args(8, 16, 8)),
     ("attention.cu", "flash_fwd_d64", (2, 1, 1), (32, 1, 1), lambda: _attn_args("fwd")),
+    ("attention.cu", "flash_fwd_v2_d64", (2, 1, 1), (32, 1, 1), lambda: _attn_args("fwd")),
 ])
 def test_asan_no_out_of_bounds(src, name, grid, block, args):
     """Buffers of exactly the tensor's size: any read/write past an edge (float4 included) is reported."""
