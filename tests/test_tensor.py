@@ -212,6 +212,19 @@ def test_no_grad_records_nothing():
         y.backward()
 
 
+def test_no_grad_is_restored_after_an_exception_and_detach_cuts_the_graph():
+    with pytest.raises(ValueError), no_grad():
+        assert not minillm.is_grad_enabled()
+        raise ValueError("boom")
+    assert minillm.is_grad_enabled()
+    x = tensor64(np.array([1.0, 2.0]))
+    y = (x * 2).detach()
+    assert not y.requires_grad and y._prev == ()
+    z = (x * y).sum()  # y is a constant here
+    z.backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 4.0])
+
+
 def test_graph_is_freed_after_backward_and_kept_with_retain_graph():
     x = tensor64(np.array([1.0, 2.0]))
     h = x * 3
