@@ -137,7 +137,7 @@ def phase_lora(ctx: dict) -> dict:
         src = ctx["gpt_ckpt"]
     methods = ("full", "lora") if ctx["quick"] else ("full", "lora", "qlora", "adapter", "prefix")
     res = compare(src, methods, steps=10 if ctx["quick"] else 150, batch_size=8 if ctx["quick"] else 16,
-                  seed=ctx["seed"], log=None)
+                  seed=ctx["seed"], log=None, lm_windows=4 if ctx["quick"] else 16)
     b = res["baseline"]
     out = {"started from": Path(src).name, "task": f"world QA, {res['n_train']} train / {res['n_test']} "
            "held-out-phrasing questions", "held-out EM before": b["test_exact_match"],

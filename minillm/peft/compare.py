@@ -205,11 +205,11 @@ def finetune(method: str, ckpt=None, steps: int = 150, batch_size: int = 16, see
 
 
 def compare(ckpt=None, methods=tuple(METHODS), steps: int = 150, batch_size: int = 16, seed: int = 0,
-            log=print) -> dict:
+            log=print, lm_windows: int = 16) -> dict:
     """Every method on the same task and checkpoint; also the untouched model's scores as the baseline."""
     base, tok = load_pretrained(ckpt)
     qa = world_qa()
-    lm_x, lm_y = lm_eval_windows(tok, base.config.context_length)
+    lm_x, lm_y = lm_eval_windows(tok, base.config.context_length, lm_windows)
     xte, yte = encode_qa(tok, qa["test"], base.config.context_length)
     baseline = {"method": "none (pre-trained)", "pretrain_loss_after": lm_loss_on(base, lm_x, lm_y),
                 "test_exact_match": answer_exact_match(base, xte, yte)}
