@@ -7,7 +7,8 @@ character). The model trains on two phrasings of each question and is scored on 
 saw (exact match of the greedy answer), so the score measures learning the task, not memorising strings.
 
 For each method the same pre-trained checkpoint is fine-tuned with the same data, steps and training loop
-(``minillm.train.train``); the report gives trainable %, held-out exact match, optimizer-state bytes
+(``minillm.train.train``); the report gives trainable %, held-out exact match and answer loss (the
+cross-entropy of the held-out answers: smoother than exact match on 30 questions), optimizer-state bytes
 (measured), median step time, and the loss on held-out pre-training stories afterwards: how much of the
 original skill each method keeps (forgetting).
 
@@ -195,6 +196,7 @@ def finetune(method: str, ckpt=None, steps: int = 150, batch_size: int = 16, see
     row = {"method": method, "trainable": trainable, "all": total, "trainable_pct": 100 * trainable / total,
            "train_loss": float(numpy.mean(hist["loss"][-10:])),
            "test_exact_match": answer_exact_match(model, xte, yte),
+           "test_loss": lm_loss_on(model, xte, yte, 32),
            "train_exact_match": answer_exact_match(model, xtr, ytr),
            "optimizer_bytes": int(hist.get("optimizer_state_bytes", 0)), "step_ms": 1000 * step_s,
            "seconds": seconds, "pretrain_loss_after": lm_loss_on(model, lm_x, lm_y), "history": hist["loss"]}
@@ -212,7 +214,8 @@ def compare(ckpt=None, methods=tuple(METHODS), steps: int = 150, batch_size: int
     lm_x, lm_y = lm_eval_windows(tok, base.config.context_length, lm_windows)
     xte, yte = encode_qa(tok, qa["test"], base.config.context_length)
     baseline = {"method": "none (pre-trained)", "pretrain_loss_after": lm_loss_on(base, lm_x, lm_y),
-                "test_exact_match": answer_exact_match(base, xte, yte)}
+                "test_exact_match": answer_exact_match(base, xte, yte),
+                "test_loss": lm_loss_on(base, xte, yte, 32)}
     rows = []
     for m in methods:
         rows.append(finetune(m, ckpt, steps, batch_size, seed, lm_data=(lm_x, lm_y)))
@@ -226,14 +229,16 @@ def compare(ckpt=None, methods=tuple(METHODS), steps: int = 150, batch_size: int
 
 def format_comparison(result: dict) -> str:
     b = result["baseline"]
-    head = (f"{'method':<9} {'trainable %':>11} {'held-out EM':>11} {'optimizer bytes':>15} {'step ms':>8} "
-            f"{'pre-train loss':>14} {'forgetting':>10}")
+    head = (f"{'method':<9} {'trainable %':>11} {'held-out EM':>11} {'answer loss':>11} "
+            f"{'optimizer bytes':>15} {'step ms':>8} {'pre-train loss':>14} {'forgetting':>10}")
     lines = [f"world QA: {result['n_train']} train / {result['n_test']} held-out-phrasing questions, "
              f"{result['steps']} steps of batch {result['batch_size']}; pre-trained model: held-out EM "
-             f"{b['test_exact_match']:.2f}, pre-training loss {b['pretrain_loss_after']:.3f}",
+             f"{b['test_exact_match']:.2f}, answer loss {b['test_loss']:.3f}, pre-training loss "
+             f"{b['pretrain_loss_after']:.3f}",
              head, "-" * len(head)]
     for r in result["rows"]:
         lines.append(f"{r['method']:<9} {r['trainable_pct']:>10.2f}% {r['test_exact_match']:>11.2f} "
+                     f"{r['test_loss']:>11.3f} "
                      f"{r['optimizer_bytes']:>15,d} {r['step_ms']:>8.1f} {r['pretrain_loss_after']:>14.3f} "
                      f"{r['pretrain_loss_after'] - b['pretrain_loss_after']:>+10.3f}")
     return "\n".join(lines)
