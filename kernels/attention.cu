@@ -29,6 +29,8 @@
 //                         dV_j += Σ_i P_ij dO_i,  dK_j += scale Σ_i dS_ij Q_i  in registers.
 //   flash_bwd_dq_d*       a block owns BM queries; sweeping the key tiles, dQ_i += scale Σ_j dS_ij K_j.
 //   Two passes instead of atomics: every output element is written by exactly one thread, deterministic.
+//   flash_bwd_dkdv_v2_d64 / flash_bwd_dq_v2_d64: the same two passes register-blocked (4 keys × 4
+//   queries of Sᵀ/dPᵀ and 4 × 8 of dK/dV per thread; 4 queries × 4 keys and 4 × 8 of dQ), for d <= 64.
 //
 // Threads: ATTN_TPR (4) threads share one row (query row in fwd/dq, key row in dkdv); each owns the
 // columns c ≡ part (mod 4) of the row's accumulators. Shared-memory rows are padded by one float so the
@@ -57,6 +59,20 @@
 #endif
 #ifndef FWD2_BN
 #define FWD2_BN 32
+#endif
+// backward v2 (register-blocked, d <= 64): dK/dV keys per block and queries per step; dQ queries per
+// block and keys per step
+#ifndef BWD2_BN
+#define BWD2_BN 32
+#endif
+#ifndef BWD2_BM
+#define BWD2_BM 32
+#endif
+#ifndef DQ2_BM
+#define DQ2_BM 32
+#endif
+#ifndef DQ2_BN
+#define DQ2_BN 32
 #endif
 // backward tiles (queries per step/block, keys per block/step)
 #ifndef BWD64_BM
@@ -540,6 +556,270 @@ __device__ void flash_bwd_dq(const float* Q, const float* K, const float* V, con
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Backward v2 (d <= 64): the two backward kernels with 2D register blocking (like forward v2).
+// dK/dV: a block of (BN/4)·8 threads owns BN keys; thread (ty, tx) = (tid / 8, tid % 8) owns keys
+// ty·4 .. ty·4+3 and, per query step, queries tx + 8u (u < BM/8) of Sᵀ and dPᵀ, then the columns
+// tx·8 .. tx·8+7 of dK and dV. K and V are staged transposed (float4 over 4 keys), Q and dO row-major with
+// rows padded to HD+4 floats (conflict-free column reads, float4-aligned row reads).
+// Grid (ceil(Tk/BN), BH), block ((BN/4)·8).
+template <int BM, int BN>
+__device__ void flash_bwd_dkdv_v2(const float* Q, const float* K, const float* V, const float* dO,
+                                  const float* Mrow, const float* Lrow, const float* Drow, float* dK, float* dV,
+                                  const unsigned char* kpm, int has_mask, int Tq, int Tk, int d, float scale,
+                                  int causal) {
+    constexpr int HD = 64, TX = 8, NT = (BN / 4) * TX, QN = BM / TX, CN = HD / TX;
+    static_assert(BN % 4 == 0 && BM % TX == 0, "dkdv v2 tiles: BN multiple of 4, BM multiple of 8");
+    __shared__ __align__(16) float KsT[HD][BN];
+    __shared__ __align__(16) float VsT[HD][BN];
+    __shared__ __align__(16) float Qs[BM][HD + 4];
+    __shared__ __align__(16) float dOs[BM][HD + 4];
+    __shared__ __align__(16) float Ps[BM][BN];
+    __shared__ __align__(16) float dSs[BM][BN];
+    __shared__ float Ms[BM], Ls[BM], Ds[BM];
+    const int tid = threadIdx.x, ty = tid / TX, tx = tid % TX;
+    const long long bh = blockIdx.y;
+    const int k0 = blockIdx.x * BN;
+    Q += bh * Tq * d;
+    dO += bh * Tq * d;
+    K += bh * Tk * d;
+    V += bh * Tk * d;
+    dK += bh * Tk * d;
+    dV += bh * Tk * d;
+    Mrow += bh * Tq;
+    Lrow += bh * Tq;
+    Drow += bh * Tq;
+    const unsigned char* kpm_row = has_mask ? kpm + bh * Tk : nullptr;
+
+    for (int idx = tid; idx < BN * d; idx += NT) {
+        int j = idx / d, c = idx % d;
+        bool ok = k0 + j < Tk;
+        KsT[c][j] = ok ? K[(long long)(k0 + j) * d + c] : 0.f;
+        VsT[c][j] = ok ? V[(long long)(k0 + j) * d + c] : 0.f;
+    }
+    float dk[4][CN], dv[4][CN];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < CN; ++c) dk[r][c] = dv[r][c] = 0.f;
+
+    const int n_qt = (Tq + BM - 1) / BM;
+    int qt_first = 0;  // as in v1: earlier query tiles see none of these keys unless a row is fully masked
+    if (causal) qt_first = min(n_qt, max(0, k0 - (Tk - Tq)) / BM);
+    for (int qt = 0; qt < n_qt; ++qt) {
+        const int q0 = qt * BM;
+        __syncthreads();  // previous step's readers are done (and KsT/VsT staged, on the first step)
+        for (int r = tid; r < BM; r += NT) {
+            const bool ok = q0 + r < Tq;
+            Ms[r] = ok ? Mrow[q0 + r] : 0.f;
+            Ls[r] = ok ? Lrow[q0 + r] : 0.f;
+            Ds[r] = ok ? Drow[q0 + r] : 0.f;
+        }
+        __syncthreads();
+        if (qt < qt_first) {
+            int any_dead = 0;
+            for (int r = 0; r < BM; ++r) any_dead |= (q0 + r < Tq && Ms[r] <= MASKED_SCORE) ? 1 : 0;
+            if (!any_dead) continue;  // same decision in every thread
+        }
+        for (int idx = tid; idx < BM * d; idx += NT) {
+            int i = idx / d, c = idx % d;
+            bool ok = q0 + i < Tq;
+            Qs[i][c] = ok ? Q[(long long)(q0 + i) * d + c] : 0.f;
+            dOs[i][c] = ok ? dO[(long long)(q0 + i) * d + c] : 0.f;
+        }
+        __syncthreads();
+        float st[4][QN], dpt[4][QN];
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+            for (int u = 0; u < QN; ++u) st[r][u] = dpt[r][u] = 0.f;
+        for (int c = 0; c < d; ++c) {
+            const float4 k4 = *reinterpret_cast<const float4*>(&KsT[c][ty * 4]);
+            const float4 v4 = *reinterpret_cast<const float4*>(&VsT[c][ty * 4]);
+            const float kr[4] = {k4.x, k4.y, k4.z, k4.w}, vr[4] = {v4.x, v4.y, v4.z, v4.w};
+#pragma unroll
+            for (int u = 0; u < QN; ++u) {
+                const float qv = Qs[tx + TX * u][c], ov = dOs[tx + TX * u][c];
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    st[r][u] += kr[r] * qv;
+                    dpt[r][u] += vr[r] * ov;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < QN; ++u) {
+            const int i = tx + TX * u, qi = q0 + i;
+            float p[4], ds[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int kj = k0 + ty * 4 + r;
+                p[r] = 0.f;
+                ds[r] = 0.f;
+                if (qi < Tq && kj < Tk) {
+                    const bool ok = attn_allowed(qi, kj, Tq, Tk, causal, kpm_row);
+                    const float s = ok ? st[r][u] * scale : MASKED_SCORE;
+                    p[r] = __expf((s - Ms[i]) - Ls[i]);
+                    ds[r] = ok ? p[r] * (dpt[r][u] - Ds[i]) : 0.f;
+                }
+            }
+            *reinterpret_cast<float4*>(&Ps[i][ty * 4]) = make_float4(p[0], p[1], p[2], p[3]);
+            *reinterpret_cast<float4*>(&dSs[i][ty * 4]) = make_float4(ds[0], ds[1], ds[2], ds[3]);
+        }
+        __syncthreads();
+        for (int i = 0; i < BM; ++i) {
+            const float4 p4 = *reinterpret_cast<const float4*>(&Ps[i][ty * 4]);
+            const float4 s4 = *reinterpret_cast<const float4*>(&dSs[i][ty * 4]);
+            const float pr[4] = {p4.x, p4.y, p4.z, p4.w}, sr[4] = {s4.x, s4.y, s4.z, s4.w};
+            float oc[CN], qc[CN];
+#pragma unroll
+            for (int c = 0; c < CN; c += 4) {
+                const float4 o4 = *reinterpret_cast<const float4*>(&dOs[i][tx * CN + c]);
+                const float4 q4 = *reinterpret_cast<const float4*>(&Qs[i][tx * CN + c]);
+                oc[c] = o4.x; oc[c + 1] = o4.y; oc[c + 2] = o4.z; oc[c + 3] = o4.w;
+                qc[c] = q4.x; qc[c + 1] = q4.y; qc[c + 2] = q4.z; qc[c + 3] = q4.w;
+            }
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+#pragma unroll
+                for (int c = 0; c < CN; ++c) {
+                    dv[r][c] += pr[r] * oc[c];
+                    dk[r][c] += sr[r] * qc[c];
+                }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const int kj = k0 + ty * 4 + r;
+        if (kj >= Tk) continue;
+#pragma unroll
+        for (int c = 0; c < CN; ++c) {
+            const int col = tx * CN + c;
+            if (col < d) {
+                dK[(long long)kj * d + col] = dk[r][c] * scale;
+                dV[(long long)kj * d + col] = dv[r][c];
+            }
+        }
+    }
+}
+
+// dQ v2: a block of (BM/4)·8 threads owns BM queries; thread (ty, tx) owns queries ty·4 .. ty·4+3, per key
+// step the keys tx + 8u (u < BN/8) of S and dP, then the columns tx·8 .. tx·8+7 of dQ.
+// Grid (ceil(Tq/BM), BH), block ((BM/4)·8).
+template <int BM, int BN>
+__device__ void flash_bwd_dq_v2(const float* Q, const float* K, const float* V, const float* dO,
+                                const float* Mrow, const float* Lrow, const float* Drow, float* dQ,
+                                const unsigned char* kpm, int has_mask, int Tq, int Tk, int d, float scale,
+                                int causal) {
+    constexpr int HD = 64, TX = 8, NT = (BM / 4) * TX, KN = BN / TX, CN = HD / TX;
+    static_assert(BM % 4 == 0 && BN % TX == 0, "dq v2 tiles: BM multiple of 4, BN multiple of 8");
+    __shared__ __align__(16) float QsT[HD][BM];
+    __shared__ __align__(16) float dOsT[HD][BM];
+    __shared__ __align__(16) float Ks[BN][HD + 4];
+    __shared__ __align__(16) float Vs[BN][HD + 4];
+    __shared__ __align__(16) float dSs[BN][BM];
+    const int tid = threadIdx.x, ty = tid / TX, tx = tid % TX;
+    const long long bh = blockIdx.y;
+    const int q0 = blockIdx.x * BM;
+    Q += bh * Tq * d;
+    dO += bh * Tq * d;
+    dQ += bh * Tq * d;
+    K += bh * Tk * d;
+    V += bh * Tk * d;
+    const unsigned char* kpm_row = has_mask ? kpm + bh * Tk : nullptr;
+    float m[4], logl[4], D[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const int qi = q0 + ty * 4 + r;
+        const bool live = qi < Tq;
+        m[r] = live ? Mrow[bh * Tq + qi] : 0.f;
+        logl[r] = live ? Lrow[bh * Tq + qi] : 0.f;
+        D[r] = live ? Drow[bh * Tq + qi] : 0.f;
+    }
+    for (int idx = tid; idx < BM * d; idx += NT) {
+        int i = idx / d, c = idx % d;
+        bool ok = q0 + i < Tq;
+        QsT[c][i] = ok ? Q[(long long)(q0 + i) * d + c] : 0.f;
+        dOsT[c][i] = ok ? dO[(long long)(q0 + i) * d + c] : 0.f;
+    }
+    float dq[4][CN];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < CN; ++c) dq[r][c] = 0.f;
+    const int kt_end = attn_causal_tiles(q0, BM, Tq, Tk, BN, causal);  // masked pairs have dS = 0
+    for (int kt = 0; kt < kt_end; ++kt) {
+        const int k0 = kt * BN;
+        __syncthreads();
+        for (int idx = tid; idx < BN * d; idx += NT) {
+            int j = idx / d, c = idx % d;
+            bool ok = k0 + j < Tk;
+            Ks[j][c] = ok ? K[(long long)(k0 + j) * d + c] : 0.f;
+            Vs[j][c] = ok ? V[(long long)(k0 + j) * d + c] : 0.f;
+        }
+        __syncthreads();
+        float s[4][KN], dp[4][KN];
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+            for (int u = 0; u < KN; ++u) s[r][u] = dp[r][u] = 0.f;
+        for (int c = 0; c < d; ++c) {
+            const float4 q4 = *reinterpret_cast<const float4*>(&QsT[c][ty * 4]);
+            const float4 o4 = *reinterpret_cast<const float4*>(&dOsT[c][ty * 4]);
+            const float qr[4] = {q4.x, q4.y, q4.z, q4.w}, orr[4] = {o4.x, o4.y, o4.z, o4.w};
+#pragma unroll
+            for (int u = 0; u < KN; ++u) {
+                const float kv = Ks[tx + TX * u][c], vv = Vs[tx + TX * u][c];
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    s[r][u] += qr[r] * kv;
+                    dp[r][u] += orr[r] * vv;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < KN; ++u) {
+            const int j = tx + TX * u, kj = k0 + j;
+            float ds[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int qi = q0 + ty * 4 + r;
+                ds[r] = 0.f;
+                if (qi < Tq && kj < Tk && attn_allowed(qi, kj, Tq, Tk, causal, kpm_row)) {
+                    const float p = __expf((s[r][u] * scale - m[r]) - logl[r]);
+                    ds[r] = p * (dp[r][u] - D[r]);
+                }
+            }
+            *reinterpret_cast<float4*>(&dSs[j][ty * 4]) = make_float4(ds[0], ds[1], ds[2], ds[3]);
+        }
+        __syncthreads();
+        for (int j = 0; j < BN; ++j) {
+            const float4 s4 = *reinterpret_cast<const float4*>(&dSs[j][ty * 4]);
+            const float sr[4] = {s4.x, s4.y, s4.z, s4.w};
+            float kc[CN];
+#pragma unroll
+            for (int c = 0; c < CN; c += 4) {
+                const float4 k4 = *reinterpret_cast<const float4*>(&Ks[j][tx * CN + c]);
+                kc[c] = k4.x; kc[c + 1] = k4.y; kc[c + 2] = k4.z; kc[c + 3] = k4.w;
+            }
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+#pragma unroll
+                for (int c = 0; c < CN; ++c) dq[r][c] += sr[r] * kc[c];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const int qi = q0 + ty * 4 + r;
+        if (qi >= Tq) continue;
+#pragma unroll
+        for (int c = 0; c < CN; ++c) {
+            const int col = tx * CN + c;
+            if (col < d) dQ[(long long)qi * d + col] = dq[r][c] * scale;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // The kernels: one instantiation for d <= 64 and one for d <= 128.
 #define ATTN_FWD_ARGS                                                                                       \
     const float *Q, const float *K, const float *V, float *O, float *Mrow, float *Lrow,                    \
@@ -575,4 +855,12 @@ extern "C" __global__ void __launch_bounds__(BWD64_BM * ATTN_TPR) flash_bwd_dq_d
 extern "C" __global__ void __launch_bounds__(BWD128_BM * ATTN_TPR) flash_bwd_dq_d128(ATTN_BWD_ARGS, float* dQ) {
     flash_bwd_dq<128, BWD128_BM, BWD128_BN>(Q, K, V, dO, Mrow, Lrow, Drow, dQ, kpm, has_mask, Tq, Tk, d,
                                             scale, causal);
+}
+extern "C" __global__ void __launch_bounds__((BWD2_BN / 4) * 8)
+    flash_bwd_dkdv_v2_d64(ATTN_BWD_ARGS, float* dK, float* dV) {
+    flash_bwd_dkdv_v2<BWD2_BM, BWD2_BN>(Q, K, V, dO, Mrow, Lrow, Drow, dK, dV, kpm, has_mask, Tq, Tk, d, scale,
+                                        causal);
+}
+extern "C" __global__ void __launch_bounds__((DQ2_BM / 4) * 8) flash_bwd_dq_v2_d64(ATTN_BWD_ARGS, float* dQ) {
+    flash_bwd_dq_v2<DQ2_BM, DQ2_BN>(Q, K, V, dO, Mrow, Lrow, Drow, dQ, kpm, has_mask, Tq, Tk, d, scale, causal);
 }

@@ -27,7 +27,7 @@ from minillm.cuda_emulator import kernel_path
 DEFAULT_TILES = {
     "V1_BLOCK": 16, "V2_TILE": 32, "V3_BM": 128, "V3_BN": 128, "V3_BK": 8, "V3_TM": 8, "V3_TN": 8,
     "ATTN_TPR": 4, "FWD64_BM": 64, "FWD64_BN": 32, "FWD128_BM": 32, "FWD128_BN": 16,
-    "FWD2_BM": 64, "FWD2_BN": 32,
+    "FWD2_BM": 64, "FWD2_BN": 32, "BWD2_BM": 32, "BWD2_BN": 32, "DQ2_BM": 32, "DQ2_BN": 32,
     "BWD64_BM": 32, "BWD64_BN": 32, "BWD128_BM": 16, "BWD128_BN": 16,
 }
 RUNGS = ("v1", "v2", "v3")
@@ -180,8 +180,14 @@ class Kernels:
              numpy.int32(d), numpy.float32(scale), numpy.int32(bool(causal))))
         return o, m, log_l
 
-    def attention_backward(self, q, k, v, o, m, log_l, do, kpm, causal: bool, scale: float):
-        """Flash backward from the saved (m, log l): D = rowsum(dO·O) first, then dK/dV, then dQ."""
+    def attention_backward(self, q, k, v, o, m, log_l, do, kpm, causal: bool, scale: float,
+                           version: str = "v2"):
+        """Flash backward from the saved (m, log l): D = rowsum(dO·O) first, then dK/dV, then dQ.
+
+        ``version="v2"`` takes the register-blocked kernels when d <= 64; "v1" always the simple ones.
+        """
+        if version not in ("v1", "v2"):
+            raise ValueError(f"attention backward version must be 'v1' or 'v2', got {version!r}")
         xp = self.xp
         q, k, v, o, do = (xp.ascontiguousarray(x, dtype=numpy.float32) for x in (q, k, v, o, do))
         BH, Tq, d = q.shape
@@ -196,9 +202,16 @@ class Kernels:
         common = (q, k, v, do, m, log_l, D, kpm, numpy.int32(has_mask), numpy.int32(Tq), numpy.int32(Tk),
                   numpy.int32(d), numpy.float32(scale), numpy.int32(bool(causal)))
         dk, dv = self._out((BH, Tk, d)), self._out((BH, Tk, d))
+        dq = self._out((BH, Tq, d))
+        if version == "v2" and d <= 64:
+            bn, bm = self.t["BWD2_BN"], self.t["DQ2_BM"]
+            self._fn("attention", "flash_bwd_dkdv_v2_d64")(
+                (_cdiv(Tk, bn), BH, 1), ((bn // 4) * 8, 1, 1), common + (dk, dv))
+            self._fn("attention", "flash_bwd_dq_v2_d64")(
+                (_cdiv(Tq, bm), BH, 1), ((bm // 4) * 8, 1, 1), common + (dq,))
+            return dq, dk, dv
         self._fn("attention", f"flash_bwd_dkdv_{var}")(
             (_cdiv(Tk, bn), BH, 1), (bn * tpr, 1, 1), common + (dk, dv))
-        dq = self._out((BH, Tq, d))
         self._fn("attention", f"flash_bwd_dq_{var}")((_cdiv(Tq, bm), BH, 1), (bm * tpr, 1, 1), common + (dq,))
         return dq, dk, dv
 

@@ -78,7 +78,8 @@ def _threads_per_block(source: str) -> dict[str, int]:
     return {"sgemm_v1": t["V1_BLOCK"] ** 2, "sgemm_v2": t["V2_TILE"] ** 2, "sgemm_v3": v3,
             "splitk_reduce": 256, "attn_bwd_preprocess": 256,
             "flash_fwd_d64": t["FWD64_BM"] * tpr, "flash_fwd_d128": t["FWD128_BM"] * tpr,
-            "flash_fwd_v2_d64": (t["FWD2_BM"] // 4) * 16,
+            "flash_fwd_v2_d64": (t["FWD2_BM"] // 4) * 16, "flash_bwd_dkdv_v2_d64": (t["BWD2_BN"] // 4) * 8,
+            "flash_bwd_dq_v2_d64": (t["DQ2_BM"] // 4) * 8,
             "flash_bwd_dkdv_d64": t["BWD64_BN"] * tpr, "flash_bwd_dkdv_d128": t["BWD128_BN"] * tpr,
             "flash_bwd_dq_d64": t["BWD64_BM"] * tpr, "flash_bwd_dq_d128": t["BWD128_BM"] * tpr}
 

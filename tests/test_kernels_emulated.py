@@ -30,6 +30,7 @@ pytestmark = pytest.mark.skipif(not have_compiler(), reason="the CUDA emulator n
 # Small tiles for the emulator: every block is 16-64 host threads. Not multiples of each other on purpose.
 SMALL = {"V1_BLOCK": 4, "V2_TILE": 8, "V3_BM": 32, "V3_BN": 16, "V3_BK": 8, "V3_TM": 4, "V3_TN": 4,
          "FWD64_BM": 8, "FWD64_BN": 8, "FWD128_BM": 4, "FWD128_BN": 8, "FWD2_BM": 8, "FWD2_BN": 16,
+         "BWD2_BM": 8, "BWD2_BN": 8, "DQ2_BM": 8, "DQ2_BN": 8,
          "BWD64_BM": 8, "BWD64_BN": 4, "BWD128_BM": 4, "BWD128_BN": 8}
 
 
@@ -131,6 +132,7 @@ def attention_reference(q, k, v, kpm, causal, scale, do):
 
 
 def _check_attention(ker, BH, Tq, Tk, d, causal, masked, seed, dead_rows=False, fwd="v2"):
+    """fwd: kernel version ("v1"/"v2") for the forward and the backward (v2 applies to d <= 64)."""
     rng = np.random.default_rng(seed)
     q, k, v = (rng.standard_normal((BH, T, d)).astype(np.float32) for T in (Tq, Tk, Tk))
     do = rng.standard_normal((BH, Tq, d)).astype(np.float32)  # a random upstream gradient, never ones
@@ -142,7 +144,7 @@ def _check_attention(ker, BH, Tq, Tk, d, causal, masked, seed, dead_rows=False, 
             kpm[0, : min(Tk, 6)] = 0
     scale = 1.0 / np.sqrt(d)
     o, m, log_l = ker.attention_forward(q, k, v, kpm, causal, scale, version=fwd)
-    dq, dk, dv = ker.attention_backward(q, k, v, o, m, log_l, do, kpm, causal, scale)
+    dq, dk, dv = ker.attention_backward(q, k, v, o, m, log_l, do, kpm, causal, scale, version=fwd)
     refs = attention_reference(q, k, v, kpm, causal, scale, do)
     for name, got, ref in zip(("o", "dq", "dk", "dv"), (o, dq, dk, dv), refs):
         assert np.isfinite(got).all(), f"{name}: an element was never written (still NaN)"
@@ -289,10 +291,12 @@ def _attn_args(kind, Tq=11, Tk=13, d=12):
 
 @pytest.mark.parametrize("name,grid,block", [("flash_fwd_d64", (2, 1, 1), (32, 1, 1)),
                                              ("flash_fwd_v2_d64", (2, 1, 1), (32, 1, 1)),
+                                             ("flash_bwd_dkdv_v2_d64", (2, 1, 1), (16, 1, 1)),
+                                             ("flash_bwd_dq_v2_d64", (2, 1, 1), (16, 1, 1)),
                                              ("flash_bwd_dkdv_d64", (4, 1, 1), (16, 1, 1)),
                                              ("flash_bwd_dq_d64", (2, 1, 1), (32, 1, 1))])
 def test_tsan_attention_race_free(name, grid, block):
-    kind = name.split("_")[-2] if "bwd" in name else "fwd"
+    kind = "dkdv" if "dkdv" in name else "dq" if "_dq_" in name else "fwd"
     report = run_sanitized(kernel_path("attention.cu"), name, grid, block, _attn_args(kind), SMALL, "thread")
     assert report == "", report[:3000]
 
@@ -314,6 +318,8 @@ def test_tsan_catches_a_missing_syncthreads(tmp_path):
     ("matmul.cu", "sgemm_v3_nt", (1, 1, 1), (32, 1, 1), lambda: _gemm_args(8, 16, 8)),
     ("attention.cu", "flash_fwd_d64", (2, 1, 1), (32, 1, 1), lambda: _attn_args("fwd")),
     ("attention.cu", "flash_fwd_v2_d64", (2, 1, 1), (32, 1, 1), lambda: _attn_args("fwd")),
+    ("attention.cu", "flash_bwd_dkdv_v2_d64", (2, 1, 1), (16, 1, 1), lambda: _attn_args("dkdv")),
+    ("attention.cu", "flash_bwd_dq_v2_d64", (2, 1, 1), (16, 1, 1), lambda: _attn_args("dq")),
 ])
 def test_asan_no_out_of_bounds(src, name, grid, block, args):
     """Buffers of exactly the tensor's size: any read/write past an edge (float4 included) is reported."""
