@@ -34,6 +34,7 @@ RUNGS = ("v1", "v2", "v3")
 LAYOUTS = ("nn", "nt", "tn")
 MAX_GRID_YZ = 65535
 MAX_HEAD_DIM = 128
+ATTENTION_VERSION = "v2"  # fused attention kernels used by F.sdpa: "v2" (register-blocked, d <= 64) or "v1"
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -336,14 +337,16 @@ class FusedAttention:
             allowed = xp.asarray(getattr(mask, "data", mask), dtype=bool)
             kpm = xp.broadcast_to(allowed, batch + (1, Tk)).reshape(BH, Tk).astype(numpy.uint8)
         q3, k3, v3 = q.reshape(BH, Tq, d), k.reshape(BH, Tk, d), v.reshape(BH, Tk, d)  # (BH, T, d)
-        o, m, log_l = get_kernels().attention_forward(q3, k3, v3, kpm, is_causal, scale)
-        ctx = (q3, k3, v3, o, m, log_l, kpm, bool(is_causal), float(scale), q.shape, k.shape)
+        version = ATTENTION_VERSION
+        o, m, log_l = get_kernels().attention_forward(q3, k3, v3, kpm, is_causal, scale, version)
+        ctx = (q3, k3, v3, o, m, log_l, kpm, bool(is_causal), float(scale), q.shape, k.shape, version)
         return o.reshape(q.shape), ctx
 
     def backward(self, g, ctx):
-        q3, k3, v3, o, m, log_l, kpm, causal, scale, q_shape, k_shape = ctx
+        q3, k3, v3, o, m, log_l, kpm, causal, scale, q_shape, k_shape, version = ctx
         g3 = g.reshape(o.shape).astype(numpy.float32, copy=False)
-        dq, dk, dv = get_kernels().attention_backward(q3, k3, v3, o, m, log_l, g3, kpm, causal, scale)
+        dq, dk, dv = get_kernels().attention_backward(q3, k3, v3, o, m, log_l, g3, kpm, causal, scale,
+                                                      version)
         return dq.reshape(q_shape), dk.reshape(k_shape), dv.reshape(k_shape)
 
 

@@ -118,7 +118,8 @@ def test_attention_vs_float64(gpu, d, fwd, causal, Tq, Tk):
     ker = cuda_kernels_poisoned(gpu)
     dev = [cupy.asarray(x) for x in (q, k, v)]
     o, m, log_l = ker.attention_forward(*dev, cupy.asarray(kpm), causal, scale, version=fwd)
-    dq, dk, dv = ker.attention_backward(*dev, o, m, log_l, cupy.asarray(do), cupy.asarray(kpm), causal, scale)
+    dq, dk, dv = ker.attention_backward(*dev, o, m, log_l, cupy.asarray(do), cupy.asarray(kpm), causal, scale,
+                                        version=fwd)
     for got, ref in zip((o, dq, dk, dv), _attention_ref(q, k, v, kpm, causal, scale, do)):
         assert _rel_err(got, ref) < 5e-5
 

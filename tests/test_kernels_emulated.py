@@ -215,8 +215,10 @@ def _gpt_like_grads(seed, use_kernels: bool):
     return [out.data, x.grad, lin_in.weight.grad, lin_out.weight.grad, lin_in.bias.grad]
 
 
-def test_backend_seams_match_library(emulated_backend, monkeypatch):
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_backend_seams_match_library(emulated_backend, monkeypatch, version):
     """Tensor @, its backward (nt/tn, transposed views) and F.sdpa's fused path vs the library path."""
+    monkeypatch.setattr(cuda, "ATTENTION_VERSION", version)
     calls = []
     fused = B.fused_attention
     orig_forward = fused.forward

@@ -6,7 +6,8 @@ random upstream gradient, never all-ones):
 * each matmul rung (v1 naive, v2 shared tiles, v3 register blocks, and split-K for the weight gradient) vs
   ``cupy.matmul`` with ``CUPY_TF32=0`` (true fp32 cuBLAS) at 1024/2048/4096 square and at GPT shapes
   (BT×d·d×3d, BT×d·d×4d, BT×4d·4d×d, and the dW reduction Xᵀ·dY over BT): TFLOP/s and % of cuBLAS;
-* fused attention forward and backward vs the composed path (matmul, mask, softmax, matmul) at d_head 64,
+* fused attention forward and backward ("ours" = the register-blocked v2 kernels, "ours-v1" the simple
+  ones) vs the composed path (matmul, mask, softmax, matmul) at d_head 64,
   T = 256/1024/2048, causal and not: time, TFLOP/s (forward 4·B·H·T²·d, halved if causal; backward 2.5×
   forward) and the memory pool's peak;
 * a GPT training step's tokens/s on NumPy, on CuPy with the library path, and on CuPy with our kernels.
@@ -136,6 +137,7 @@ def bench_matmul(cp, timer: Timer, quick: bool) -> list[dict]:
 
 # --------------------------------------------------------------------------------------------- attention
 def bench_attention(cp, timer: Timer, quick: bool) -> list[dict]:
+    from minillm import cuda
     from minillm import functional as F
     from minillm.tensor import Tensor
 
@@ -148,8 +150,9 @@ def bench_attention(cp, timer: Timer, quick: bool) -> list[dict]:
             q0, k0, v0, g0 = (cp.asarray(rng.standard_normal(shape, dtype=numpy.float32)) for _ in range(4))
             row = {"T": T, "causal": causal}
             outs = {}
-            for path in ("float64", "composed", "ours"):
-                B.use_custom_kernels = path == "ours"
+            for path in ("float64", "composed", "ours-v1", "ours"):
+                B.use_custom_kernels = path.startswith("ours")
+                cuda.ATTENTION_VERSION = "v1" if path == "ours-v1" else "v2"
                 dt = cp.float64 if path == "float64" else cp.float32
                 leaves = [Tensor(x.astype(dt), requires_grad=True) for x in (q0, k0, v0)]
 
@@ -182,7 +185,7 @@ def bench_attention(cp, timer: Timer, quick: bool) -> list[dict]:
                 row.update({f"{path} fwd ms": t_f, f"{path} bwd ms": t_b,
                             f"{path} fwd TFLOP/s": flops_f / t_f / 1e9,
                             f"{path} bwd TFLOP/s": 2.5 * flops_f / t_b / 1e9, f"{path} peak MB": peak})
-            for path in ("composed", "ours"):
+            for path in ("composed", "ours-v1", "ours"):
                 for name, got, ref in zip(("o", "dq", "dk", "dv"), outs[path], outs["float64"]):
                     err = _rel_err(cp, got, ref)
                     if err > 1e-4:
@@ -195,6 +198,7 @@ def bench_attention(cp, timer: Timer, quick: bool) -> list[dict]:
                   f"bwd ×{row['bwd speed-up']:.2f} peak MB ours {row['ours peak MB']:.0f} "
                   f"vs composed {row['composed peak MB']:.0f}")
     B.use_custom_kernels = True
+    cuda.ATTENTION_VERSION = "v2"
     return rows
 
 
@@ -268,7 +272,7 @@ def main(args=None) -> int:
 
     mm_cols = ["shape", "M", "N", "K", "cuBLAS TFLOP/s"] + [c for c in mm[0] if c.startswith("v")]
     mm_cols += [c for r in mm for c in r if c.startswith("splitK") and c not in mm_cols]
-    at_cols = ["T", "causal"] + [f"{p} {m}" for p in ("composed", "ours")
+    at_cols = ["T", "causal"] + [f"{p} {m}" for p in ("composed", "ours-v1", "ours")
                                  for m in ("fwd ms", "bwd ms", "fwd TFLOP/s", "bwd TFLOP/s", "peak MB")]
     at_cols += ["fwd speed-up", "bwd speed-up"]
     gpt_cols = list(gpt[0])
