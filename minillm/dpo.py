@@ -470,6 +470,7 @@ def add_arguments(p) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (pairs and eval)")
     p.add_argument("--out", default="runs/dpo", help="folder for gpt_dpo.npz and pairs.jsonl")
     p.add_argument("--export-dtype", choices=["float32", "float16"], default=None)
+    p.add_argument("--save-sft", help="also write the model after the mixed-quality SFT (the DPO reference)")
     p.add_argument("--quick", action="store_true", help="a few prompts (for tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -502,6 +503,9 @@ def main_dpo(args) -> int:
     policy.save_checkpoint(out / "gpt_dpo.npz", tok, dtype=args.export_dtype,
                            extra={"dpo": {"beta": args.beta, "loss_type": args.loss_type, "steps": args.steps,
                                           "from": str(src)}})
+    if args.save_sft:
+        res["reference"].save_checkpoint(args.save_sft, tok, dtype=args.export_dtype,
+                                         extra={"sft_prefs": {"steps": args.sft_steps, "from": str(src)}})
     print(format_table(res["table"]))
     print("final DPO metrics (held-out pairs): " + ", ".join(f"{k} {v:.3f}" for k, v in res["final"].items()))
     print(f"wrote {out / 'gpt_dpo.npz'}" + ("" if args.pairs else f" and {out / 'pairs.jsonl'}"))

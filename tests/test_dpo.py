@@ -277,12 +277,14 @@ def test_cli_dpo_on_a_tiny_config(tmp_path, capsys):
         ).save_checkpoint(tmp_path / "tiny.npz", tok)
     out = tmp_path / "run"
     args = ["dpo", "--from", str(tmp_path / "tiny.npz"), "--quick", "--steps", "3", "--sft-steps", "2",
-            "--batch-size", "4", "--beta", "0.5", "--out", str(out), "--no-progress"]
+            "--batch-size", "4", "--beta", "0.5", "--out", str(out), "--no-progress", "--save-sft",
+            str(tmp_path / "sft.npz"), "--export-dtype", "float16"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "refusal rate (harmful)" in text and "rewards/accuracies" in text
-    aligned = GPT.from_checkpoint(out / "gpt_dpo.npz")
-    assert aligned.config.d_model == 16
+    aligned, sft = GPT.from_checkpoint(out / "gpt_dpo.npz"), GPT.from_checkpoint(tmp_path / "sft.npz")
+    assert aligned.config.d_model == 16 and sft.config.d_model == 16
+    assert aligned.tok_emb.weight.dtype == np.float32  # float16 on disk, float32 in memory
     pairs = read_triplets(out / "pairs.jsonl")
     assert len(pairs) >= 16  # sampled pairs, topped up with offline ones for a model this weak
     # training from a user's pairs file, with another loss type
