@@ -14,6 +14,7 @@ from minillm.peft.lora import (
     apply_lora,
     format_trainable_parameters,
     load_lora_state_dict,
+    lora_disabled,
     lora_linear_reference,
     lora_param_count,
     lora_param_count_for_shape,
@@ -182,6 +183,29 @@ def test_merge_unmerge_and_merge_and_unload():
     np.testing.assert_allclose(y_plain, y, rtol=1e-4, atol=1e-5)
     assert not any(isinstance(x, LoRALinear) for x in m.modules())
     assert type(m.blocks[0].attn.q_proj) is nn.Linear
+
+
+def test_lora_disabled_gives_the_base_model_exactly():
+    m = tiny_gpt()
+    ids = np.random.default_rng(0).integers(0, 40, (2, 10))
+    with no_grad():
+        y_base = m(ids)[0].numpy()
+    apply_lora(m, LoRAConfig(r=4))
+    randomise_B(m, 0.5)
+    with no_grad():
+        y_lora = m(ids)[0].numpy()
+        with lora_disabled(m):
+            y_off = m(ids)[0].numpy()
+        merge_lora(m)
+        with lora_disabled(m):
+            y_off_merged = m(ids)[0].numpy()
+        y_back = m(ids)[0].numpy()
+    assert not np.allclose(y_lora, y_base)
+    np.testing.assert_array_equal(y_off, y_base)
+    np.testing.assert_allclose(y_off_merged, y_base, atol=1e-5)
+    np.testing.assert_allclose(y_back, y_lora, atol=1e-5)
+    layers = [x for _, x in m.named_modules() if isinstance(x, LoRALinear)]
+    assert all(x.merged and not x.disabled for x in layers)
 
 
 def test_lora_state_dict_roundtrip(tmp_path):

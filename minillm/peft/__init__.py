@@ -8,6 +8,7 @@ from minillm.peft.lora import (
     apply_lora,
     format_trainable_parameters,
     load_lora_state_dict,
+    lora_disabled,
     lora_param_count,
     lora_state_dict,
     merge_and_unload,
@@ -20,7 +21,8 @@ from minillm.peft.qlora import NF4_CODE, QuantizedLinear, apply_qlora, nf4_code_
 
 __all__ = [
     "LoRAConfig", "LoRALinear", "NF4_CODE", "QuantizedLinear", "apply_lora", "apply_qlora",
-    "format_trainable_parameters", "load_lora_state_dict", "lora_param_count", "lora_state_dict",
+    "format_trainable_parameters", "load_lora_state_dict", "lora_disabled", "lora_param_count",
+    "lora_state_dict",
     "merge_and_unload", "merge_lora", "nf4_code_values", "print_trainable_parameters", "quantize_nf4",
     "trainable_parameters", "unmerge_lora",
 ]

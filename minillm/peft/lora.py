@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from minillm import backend as B
@@ -86,10 +87,11 @@ class LoRALinear(nn.Module):
             self.lora_A.weight.data = (B.rand(r, d_in) * 2 - 1) * (1.0 / math.sqrt(d_in))
         self.lora_B.weight.data = B.xp.zeros((d_out, r), dtype=B.default_dtype)
         self.merged = False
+        self.disabled = False  # True: behave as the base layer alone (see ``lora_disabled``)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.base_layer(x)
-        if self.merged:
+        if self.merged or self.disabled:
             return h
         # (..., d_in) → (..., r) → (..., d_out): never forms the d_out × d_in product
         return h + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
@@ -173,6 +175,25 @@ def apply_lora(model: nn.Module, config: LoRAConfig | None = None) -> nn.Module:
 def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     """(name, layer) for every LoRALinear in the model."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+@contextmanager
+def lora_disabled(model: nn.Module):
+    """Inside this block every LoRALinear computes its base layer alone: the pre-trained model, exactly
+    (PEFT's ``disable_adapter()``). Merged layers are unmerged for the block and merged again after."""
+    layers = [m for _, m in lora_layers(model)]
+    merged = [m for m in layers if m.merged]
+    for m in merged:
+        m.unmerge()
+    for m in layers:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.disabled = False
+        for m in merged:
+            m.merge()
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -295,7 +316,7 @@ def lora_linear_reference(x, W, b, A, Bm, scaling: float):
 
 __all__ = [
     "LoRAConfig", "LoRALinear", "apply_lora", "format_trainable_parameters", "load_lora_state_dict",
-    "lora_layers", "lora_linear_reference", "lora_param_count", "lora_param_count_for_shape",
+    "lora_disabled", "lora_layers", "lora_linear_reference", "lora_param_count", "lora_param_count_for_shape",
     "lora_state_dict", "merge_and_unload", "merge_lora", "print_trainable_parameters", "trainable_parameters",
     "unmerge_lora",
 ]
