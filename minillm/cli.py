@@ -172,6 +172,8 @@ def _add_sft_parser(sub) -> None:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--export-dtype", choices=["float32", "float16"], default=None,
+                   help="dtype of the written weights (float16 halves the file)")
     s.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sft)

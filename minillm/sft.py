@@ -194,9 +194,11 @@ def heldout_for(task: str, n_eval: int, seed: int = 0) -> dict[str, list[dict]]:
 
 def run_sft(model, tokenizer, task: str = "mix", steps: int = 1000, n_train: int = 4000, n_eval: int = 40,
             batch_size: int = 16, lr: float = 1e-3, seed: int = 0, out: str | None = None,
-            data: str | None = None, evaluate: bool = True, progress: bool = True, warmup: int = 50) -> dict:
+            data: str | None = None, evaluate: bool = True, progress: bool = True, warmup: int = 50,
+            out_dtype: str | None = None) -> dict:
     """Fine-tune ``model`` on ``task`` (or the conversations in the JSONL file ``data``) and evaluate on
-    held-out prompts before and after. Writes ``out`` (weights + tokenizer) if given."""
+    held-out prompts before and after. Writes ``out`` (weights + tokenizer, in ``out_dtype`` if given,
+    e.g. "float16" to halve a shipped file) if given."""
     from minillm.data.jsonl import read_jsonl
 
     ctx = model.config.context_length
@@ -223,7 +225,8 @@ def run_sft(model, tokenizer, task: str = "mix", steps: int = 1000, n_train: int
     t_train = time.perf_counter() - t0
     after = evaluate_sft(model, tokenizer, heldout) if evaluate else {}
     if out:
-        model.save_checkpoint(out, tokenizer, extra={"sft": {"task": task, "steps": steps, "seed": seed}})
+        model.save_checkpoint(out, tokenizer, dtype=out_dtype,
+                              extra={"sft": {"task": task, "steps": steps, "seed": seed, "lr": lr}})
     return {"history": history, "before": before, "after": after, "train_examples": len(pairs),
             "dropped_too_long": dropped, "train_seconds": t_train, "eval_seconds": t_eval}
 
@@ -251,7 +254,7 @@ def main_sft(args) -> int:
     model, tok = load_model(args.from_ckpt or SHIPPED_GPT)
     res = run_sft(model, tok, task=args.task, steps=args.steps, n_train=args.n_train, n_eval=args.n_eval,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, data=args.data,
-                  evaluate=not args.no_eval, progress=not args.no_progress)
+                  evaluate=not args.no_eval, progress=not args.no_progress, out_dtype=args.export_dtype)
     print_report(res)
     if args.out:
         print(f"wrote {args.out}")
