@@ -48,13 +48,26 @@ def gelu(x: Tensor) -> Tensor:
     """GELU, tanh approximation (Hendrycks & Gimpel 2016), as in GPT-2 and BERT."""
     x = _t(x)
     xd = x.data
-    u = _GELU_C * (xd + 0.044715 * (xd * xd * xd))  # not xd ** 3: NumPy's pow is 20x slower
+    u = xd * xd  # u = c(x + 0.044715x³), built in place (not xd ** 3: NumPy's float pow is 20x slower)
+    u *= 0.044715 * xd
+    u += xd
+    u *= _GELU_C
     t = B.xp.tanh(u)
-    out = Tensor._result(0.5 * xd * (1 + t), (x,), "gelu")
+    y = t + 1
+    y *= xd
+    y *= 0.5
+    out = Tensor._result(y, (x,), "gelu")
     if out.requires_grad:
         def backward(g):  # d/dx = ½(1+t) + ½x(1-t²)·c(1 + 3·0.044715x²)
-            du = _GELU_C * (1 + 3 * 0.044715 * xd * xd)
-            x._accum(g * (0.5 * (1 + t) + 0.5 * xd * (1 - t * t) * du))
+            d = xd * xd  # built in place: fresh temporaries of activation size cost more than the math
+            d *= 3 * 0.044715 * _GELU_C
+            d += _GELU_C
+            d *= xd
+            d *= 1 - t * t
+            d += 1 + t
+            d *= 0.5
+            d *= g
+            x._accum(d)
         out._backward = backward
     return out
 
@@ -312,13 +325,14 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_
             out._backward = fused_backward
         return out
 
-    s = B.matmul_nt(q.data, k.data) * scale  # (..., Tq, Tk)
+    s = B.matmul_nt(q.data, k.data)  # (..., Tq, Tk); updated in place below (it is a fresh array)
+    s *= scale
     if bias is not None:
         s = s + _raw(bias)
     if allowed is not None:
         s = B.xp.where(allowed, s, B.xp.asarray(-1e9, dtype=s.dtype))
-    s = s - s.max(axis=-1, keepdims=True)
-    p = B.xp.exp(s)
+    s -= s.max(axis=-1, keepdims=True)
+    p = B.xp.exp(s, out=s)
     p /= p.sum(axis=-1, keepdims=True)
     o = B.xp.matmul(p, v.data)  # (..., Tq, dv)
     parents = (q, k, v) + ((bias,) if isinstance(bias, Tensor) else ())
@@ -328,14 +342,19 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_
             # O = P V:  dV = Pᵀ dO,  dP = dO Vᵀ;  P = softmax(S):  dS = P ⊙ (dP - Σ dP⊙P);  S = q kᵀ·scale
             if v.requires_grad:
                 v._accum(B.matmul_tn(p, g))
-            dp = B.matmul_nt(g, v.data)
-            ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+            ds = B.matmul_nt(g, v.data)  # dP, turned into dS in place
+            ds -= (ds * p).sum(axis=-1, keepdims=True)
+            ds *= p
             if allowed is not None:  # masked scores are constants (a fully masked row has p > 0 there)
                 ds = B.xp.where(allowed, ds, 0)
             if q.requires_grad:
-                q._accum(B.xp.matmul(ds, k.data) * scale)
+                dq = B.xp.matmul(ds, k.data)
+                dq *= scale
+                q._accum(dq)
             if k.requires_grad:
-                k._accum(B.matmul_tn(ds, q.data) * scale)
+                dk = B.matmul_tn(ds, q.data)
+                dk *= scale
+                k._accum(dk)
             if isinstance(bias, Tensor) and bias.requires_grad:
                 bias._accum(ds)
         out._backward = backward
