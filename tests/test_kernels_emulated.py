@@ -339,3 +339,26 @@ def test_asan_catches_an_unguarded_edge(tmp_path):
     report = run_sanitized(broken, "sgemm_v1_nn", (3, 3, 1), (4, 4, 1), _gemm_args(9, 10, 7), SMALL,
                            "address")
     assert "AddressSanitizer" in report
+
+
+@pytest.mark.parametrize("mask_shape", [(11,), (1, 11), (2, 1, 1, 11), (1, 3, 1, 11)])
+def test_fused_attention_key_padding_shapes(emulated_backend, mask_shape):
+    """Every broadcastable key-padding mask takes the fused path and matches the composed one."""
+    import minillm
+    from minillm import F
+
+    rng = np.random.default_rng(0)
+    mask = rng.random(mask_shape) > 0.3
+    mask[..., 0] = True
+    q, k, v = (rng.standard_normal((2, 3, T, 8)).astype(np.float32) for T in (7, 11, 11))
+    g = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
+    assert B.fused_attention.supports(q, k, v, mask, False)
+    results = []
+    for ours in (True, False):
+        B.use_custom_kernels = ours
+        ts = [minillm.Tensor(x, requires_grad=True) for x in (q, k, v)]
+        out = F.scaled_dot_product_attention(*ts, mask=mask, is_causal=True)
+        out.backward(g)
+        results.append([out.data] + [t.grad for t in ts])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
