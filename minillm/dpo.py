@@ -183,6 +183,7 @@ class DPOConfig:
     label_smoothing: float = 0.0
     precompute_ref_log_probs: bool = True  # reference log-probs once, before training (TRL's option)
     average_log_prob: bool = False         # length-normalised log-probs (often used with IPO)
+    rpo_alpha: float = 0.0                 # + alpha · NLL of the chosen replies (RPO, Pang et al. 2024)
     pad_id: int = 0
 
 
@@ -259,6 +260,13 @@ def dpo_loss_fn(config: DPOConfig, reference=None):
                 rc, rr = concatenated_logps(reference, batch, config.average_log_prob)
             rc, rr = rc.data, rr.data
         loss, metrics = dpo_loss(pc, pr, rc, rr, config.beta, config.loss_type, config.label_smoothing)
+        if config.rpo_alpha:
+            # keep the chosen replies likely: DPO alone only widens a gap, and on a small model it can do so
+            # by pushing both replies down (TRL's rpo_alpha; "nll_loss" is per chosen token)
+            n_tok = float(batch["mask"][:len(batch["idx"]), 1:].sum())
+            nll = -pc.mean() if config.average_log_prob else -pc.sum() / n_tok
+            loss = loss + nll * config.rpo_alpha
+            metrics["nll_loss"] = float(nll.item())
         metrics["tokens"] = int(batch["ids"].size)
         return loss, metrics
 

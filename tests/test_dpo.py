@@ -293,3 +293,17 @@ def test_cli_dpo_on_a_tiny_config(tmp_path, capsys):
                  "--no-progress"]) == 0
     with pytest.raises(SystemExit, match="does not exist"):
         main(["dpo", "--from", str(tmp_path / "missing.npz")])
+
+
+def test_rpo_alpha_adds_the_chosen_nll():
+    from minillm.dpo import dpo_loss_fn
+
+    policy, ref = tiny_gpt(), tiny_gpt(1)
+    ds = PreferenceDataset(pairs_for(n=4))
+    batch = ds.batch([0, 1, 2, 3])
+    plain, m0 = dpo_loss_fn(DPOConfig(beta=0.3), ref)(policy, batch)
+    mixed, m1 = dpo_loss_fn(DPOConfig(beta=0.3, rpo_alpha=0.5), ref)(policy, batch)
+    chosen = sequence_logps(policy, batch["ids"][:4], batch["mask"][:4]).numpy()
+    nll = -chosen.sum() / batch["mask"][:4, 1:].sum()
+    assert m1["nll_loss"] == pytest.approx(nll, rel=1e-5) and "nll_loss" not in m0
+    assert mixed.item() == pytest.approx(plain.item() + 0.5 * nll, rel=1e-5)
