@@ -92,11 +92,24 @@ def test_gemm_real_tiles(real, rung, layout):
     _check_gemm(real.gemm(a, b, layout, rung), ref, K)
 
 
+def _aligned16(x):
+    """A copy of float32 ``x`` whose data starts on a 16-byte boundary (as CuPy's allocations do)."""
+    buf = np.empty(x.size + 4, np.float32)
+    off = (-buf.ctypes.data % 16) // 4
+    out = buf[off:off + x.size].reshape(x.shape)
+    out[...] = x
+    assert out.ctypes.data % 16 == 0
+    return out
+
+
+@pytest.mark.parametrize("tiles", ["small", "real"])
 @pytest.mark.parametrize("layout", cuda.LAYOUTS)
-def test_gemm_v3_float4_path(small, layout):
+def test_gemm_v3_float4_path(small, real, tiles, layout):
     """Multiples of 4 and 16-byte-aligned operands take the float4 loads/stores (ragged ones don't)."""
-    a, b, ref = _operands(np.random.default_rng(3), (), (), 36, 20, 44, layout)
-    _check_gemm(small.gemm(a, b, layout, "v3"), ref, 44)
+    ker, (M, N, K) = (small, (36, 20, 44)) if tiles == "small" else (real, (132, 136, 40))
+    a, b, ref = _operands(np.random.default_rng(3), (2,), (2,), M, N, K, layout)
+    a, b = _aligned16(a), _aligned16(b)
+    _check_gemm(ker.gemm(a, b, layout, "v3"), ref, K)
 
 
 @pytest.mark.parametrize("tiles", ["small", "real"])
