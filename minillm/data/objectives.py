@@ -94,9 +94,11 @@ def nsp_pairs(documents: Sequence[Sequence[Sequence[int]]], n_pairs: int, *, cls
         raise ValueError(f"nsp_pairs: need at least 2 documents for NotNext pairs, got {len(documents)}")
     if max_len < 5:
         raise ValueError(f"nsp_pairs: max_len must be at least 5 ([CLS] a [SEP] b [SEP]), got {max_len}")
-    docs = [list(map(list, d)) for d in documents]
-    heads = [(d, s) for d, doc in enumerate(docs) for s in range(len(doc) - 1)]  # A has a next sentence
-    if not heads:
+    docs = documents
+    # sentence A may be any sentence that has a next one: number them doc by doc, find one by bisection
+    # (no per-call list of all pairs: a corpus of 20k documents is sampled every training step)
+    n_heads = numpy.cumsum([max(0, len(d) - 1) for d in docs])
+    if n_heads[-1] == 0:
         raise ValueError("nsp_pairs: no document has two sentences")
     rng = _rng(seed)
     ids = numpy.full((n_pairs, max_len), pad_id, dtype=numpy.int64)
@@ -104,7 +106,9 @@ def nsp_pairs(documents: Sequence[Sequence[Sequence[int]]], n_pairs: int, *, cls
     attn = numpy.zeros((n_pairs, max_len), dtype=numpy.int64)
     label = numpy.zeros(n_pairs, dtype=numpy.int64)
     for i in range(n_pairs):
-        d, s = heads[rng.integers(len(heads))]
+        k = int(rng.integers(n_heads[-1]))
+        d = int(numpy.searchsorted(n_heads, k, side="right"))
+        s = k - (int(n_heads[d - 1]) if d else 0)
         a = list(docs[d][s])
         if rng.random() < 0.5:
             b, label[i] = list(docs[d][s + 1]), IS_NEXT
