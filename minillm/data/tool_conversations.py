@@ -73,6 +73,14 @@ def _search(rng: random.Random) -> tuple[str, str, dict, callable]:
     return q, "web_search", {"query": query}, lambda r: r
 
 
+def _unknown_place(rng: random.Random) -> tuple[str, str, dict, callable]:
+    """A place the world has no weather for: the tool returns an error, and the assistant says so."""
+    town = rng.choice(["Paris", "Atlantis", "Tokyo", "Lima", "Cairo", "Oslo"])
+    q = rng.choice(_WEATHER_Q).format(town=town)
+    args = {"location": town, "unit": "celsius"}
+    return q, "get_weather", args, lambda err: f"Sorry, the tool failed: {err}"
+
+
 _KINDS = [_weather, _calculator, _search]
 
 
@@ -81,11 +89,12 @@ def tool_example(rng: random.Random, registry=None) -> dict:
     from minillm.tools import default_registry
 
     registry = registry or default_registry()
-    q, name, args, answer = rng.choice(_KINDS)(rng)
+    failing = rng.random() < 0.08  # some calls fail, so the model learns to read an error result
+    q, name, args, answer = (_unknown_place if failing else rng.choice(_KINDS))(rng)
     result = registry.call(name, args)
-    if not result.ok:  # cannot happen for the world's own data; a clear error if the world changes
-        raise RuntimeError(f"tool_example: {name}({args}) failed: {result.error}")
-    final = answer(result.value)
+    if result.ok == failing:  # a clear error if the world's tables change under the generator
+        raise RuntimeError(f"tool_example: {name}({args}) gave {result.content}")
+    final = answer(result.error if failing else result.value)
     messages = [
         {"role": "user", "content": q},
         {"role": "assistant", "content": None, "tool_calls": [
@@ -99,6 +108,8 @@ def tool_example(rng: random.Random, registry=None) -> dict:
 
 def _check_string(name: str, result) -> str:
     """A string the final answer must contain to count as correct."""
+    if not result.ok:
+        return "Sorry"
     v = result.value
     if name == "get_weather":
         return f"{v['temperature']} degrees and {v['condition']}"
