@@ -9,12 +9,14 @@ more than absolute times):
   PaLM appendix B; N = parameters used in matmuls, i.e. all but the position table), as a fraction of the
   matmul rate (MFU);
 * if PyTorch happens to be installed, the same architecture in PyTorch eager on the CPU (never a
-  dependency), and the ratio;
+  dependency; as many threads as OPENBLAS_NUM_THREADS/OMP_NUM_THREADS when set), timed in turn with ours
+  so both see the same load, and the ratio;
 * generation of 256 new tokens with and without the KV cache on the shipped model (same tokens).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -47,7 +49,8 @@ def step_flops(n_matmul_params: int, n_layers: int, T: int, d: int, tokens: int)
     return (6.0 * n_matmul_params + 12.0 * n_layers * T * d) * tokens
 
 
-def time_minillm_step(cfg: dict, repeats: int) -> tuple[float, int]:
+def minillm_step(cfg: dict):
+    """A function running one training step of the benchmark GPT in minillm, and its matmul parameters."""
     from minillm import optim
     from minillm.models.gpt import GPT, GPTConfig
 
@@ -63,18 +66,11 @@ def time_minillm_step(cfg: dict, repeats: int) -> tuple[float, int]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    n_matmul = model.num_parameters() - model.pos_emb.weight.size
-    return statistics.median(times), n_matmul
+    return step, model.num_parameters() - model.pos_emb.weight.size
 
 
-def time_torch_step(cfg: dict, repeats: int) -> float | None:
-    """The same GPT in PyTorch eager (CPU), or None when torch is not installed."""
+def torch_step(cfg: dict):
+    """One training step of the same GPT in PyTorch eager (CPU), or None when torch is not installed."""
     try:
         import torch
         import torch.nn as tnn
@@ -113,6 +109,9 @@ def time_torch_step(cfg: dict, repeats: int) -> float | None:
             logits = self.ln_f(x) @ self.tok.weight.T
             return tF.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
 
+    threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if threads:  # same thread count as our BLAS, for a like-for-like comparison
+        torch.set_num_threads(int(threads))
     torch.manual_seed(0)
     model = TorchGPT()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -124,13 +123,20 @@ def time_torch_step(cfg: dict, repeats: int) -> float | None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    step()
-    times = []
+    return step
+
+
+def interleaved_medians(steps: list, repeats: int) -> list[float]:
+    """Median seconds of each step function, timed in turn (A, B, A, B, ...) so both see the same load."""
+    for step in steps:
+        step()  # warm-up
+    times = [[] for _ in steps]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for step, ts in zip(steps, times):
+            t0 = time.perf_counter()
+            step()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def kv_cache_speedup(new_tokens: int = 256) -> dict:
@@ -158,13 +164,17 @@ def kv_cache_speedup(new_tokens: int = 256) -> dict:
 
 def main(args) -> None:
     quick = bool(getattr(args, "quick", False))
-    repeats = 2 if quick else 5
+    repeats = 2 if quick else 7
     cfg = dict(BENCH)
     if quick:
         cfg.update(d_model=64, n_layers=2, context_length=32, batch_size=4)
     tokens = cfg["batch_size"] * cfg["context_length"]
     rate = matmul_rate(512 if quick else 1024)
-    t_ours, n_matmul = time_minillm_step(cfg, repeats)
+    ours, n_matmul = minillm_step(cfg)
+    theirs = torch_step(cfg)
+    medians = interleaved_medians([ours] + ([theirs] if theirs else []), repeats)
+    t_ours, t_torch = medians[0], (medians[1] if theirs else None)
+    rate = max(rate, matmul_rate(512 if quick else 1024))  # best of before and after: the machine is shared
     flops = step_flops(n_matmul, cfg["n_layers"], cfg["context_length"], cfg["d_model"], tokens)
     print(f"bench train (backend={B.get_backend()}): GPT d_model {cfg['d_model']}, {cfg['n_layers']} layers, "
           f"{cfg['n_heads']} heads, context {cfg['context_length']}, batch {cfg['batch_size']} "
@@ -172,7 +182,6 @@ def main(args) -> None:
     print(f"  float32 matmul rate (measured now)   {rate / 1e9:8.1f} GFLOP/s")
     print(f"  minillm training step                {t_ours * 1e3:8.1f} ms  {tokens / t_ours:9,.0f} tokens/s  "
           f"{flops / t_ours / 1e9:6.1f} GFLOP/s = {flops / t_ours / rate:5.1%} of matmul rate (MFU)")
-    t_torch = time_torch_step(cfg, repeats)
     if t_torch is None:
         print("  PyTorch eager                        not installed (optional: pip install torch)")
     else:
