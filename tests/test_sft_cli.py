@@ -64,3 +64,15 @@ def test_sft_reduces_loss_on_its_data():
 def test_too_short_a_context_is_reported():
     with pytest.raises(ValueError, match="no example fits"):
         run_sft(_tiny(ctx=8), TOK, task="code", steps=1, n_train=8, evaluate=False, progress=False)
+
+
+def test_cli_sft_on_a_users_jsonl(tiny_ckpt, tmp_path, capsys):
+    from minillm.data.jsonl import write_jsonl
+
+    data = tmp_path / "mine.jsonl"
+    conv = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}]
+    write_jsonl([{"messages": conv}] * 4, data)
+    out = tmp_path / "mine.npz"
+    assert main(["sft", "--data", str(data), "--from", str(tiny_ckpt), "--steps", "2", "--batch-size", "2",
+                 "--no-eval", "--no-progress", "--out", str(out)]) == 0
+    assert "trained on 4 examples" in capsys.readouterr().out and out.exists()
