@@ -13,16 +13,22 @@ import numpy
 
 from minillm import backend as B
 from minillm.data.objectives import pad_sequences
-from minillm.data.sentiment import sentiment_dataset
+from minillm.data.sentiment import cloze_prompt, sentiment_dataset
 from minillm.models.bert import BERTConfig, BERTForSequenceClassification, read_checkpoint
 from minillm.tensor import no_grad
 from minillm.train import TrainConfig, train
 
 
-def encode_texts(tok, texts: list[str], max_len: int) -> numpy.ndarray:
-    """``[CLS] text [SEP]`` per text, right-padded to the longest (cut at ``max_len``): (N, T) int64."""
+def encode_texts(tok, texts: list[str], max_len: int, cloze: bool = True) -> numpy.ndarray:
+    """``[CLS] text [SEP]`` per text, right-padded to the longest: (N, T) int64. With ``cloze`` the text ends
+    with the template "So she was[MASK]." (``sentiment.cloze_prompt``) that a ``pooling="mask"`` head reads;
+    over-long texts lose their start so the template survives."""
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    seqs = [[cls_id, *tok.encode(t)[:max_len - 2], sep_id] for t in texts]
+    if cloze:
+        body = [tok.encode(cloze_prompt(t), allowed_special={"[MASK]"}) for t in texts]
+        seqs = [[cls_id, *b[-(max_len - 2):], sep_id] for b in body]
+    else:
+        seqs = [[cls_id, *tok.encode(t)[:max_len - 2], sep_id] for t in texts]
     return pad_sequences(seqs, tok.pad_id)
 
 
@@ -45,8 +51,9 @@ def classification_loss(model, batch) -> tuple:
 
 
 def finetune(model, ids: numpy.ndarray, labels: numpy.ndarray, *, steps: int = 200, batch_size: int = 16,
-             lr: float = 1e-3, seed: int = 0) -> dict:
-    """Train every weight of ``model`` on (ids, labels) with minibatches drawn with replacement."""
+             lr: float = 3e-4, head_lr: float | None = None, seed: int = 0) -> dict:
+    """Train every weight of ``model`` on (ids, labels) with minibatches drawn with replacement; the new
+    head may learn faster (``head_lr``) than the encoder (``lr``): it starts from nothing."""
     n = len(ids)
 
     def get_batch(split, rng):
@@ -57,22 +64,29 @@ def finetune(model, ids: numpy.ndarray, labels: numpy.ndarray, *, steps: int = 2
 
     cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 10), batch_size=batch_size, eval_every=0,
                       seed=seed, progress=False, weight_decay=0.01)
-    return train(model, classification_loss, get_batch, cfg)
+    head = [p for n_, p in model.named_parameters() if not n_.startswith("bert.")]
+    body = [p for n_, p in model.named_parameters() if n_.startswith("bert.")]
+    groups = [{"params": body, "lr": lr, "weight_decay": cfg.weight_decay},
+              {"params": head, "lr": head_lr or lr, "weight_decay": 0.0}]
+    return train(model, classification_loss, get_batch, cfg, optimizer_params=groups)
 
 
 def transfer_experiment(pretrained_path, tok, label_counts=(50, 200, 1000), *, steps: int = 200,
-                        batch_size: int = 16, lr: float = 1e-3, n_test: int = 1000, seed: int = 0,
-                        verbose: bool = False) -> list[dict]:
+                        batch_size: int = 16, lr: float = 3e-4, n_test: int = 1000, seed: int = 0,
+                        pooling: str = "mask", verbose: bool = False) -> list[dict]:
     """For each label count: test accuracy of (scratch, pre-trained) after identical fine-tuning.
 
     Training examples come from sentiment seed ``seed``, the test set from another seed, so no review
-    text is shared by construction except by chance. Returns rows {labels, scratch, pretrained, seconds}.
+    text is shared by construction except by chance. ``pooling`` is the classifier's input (see
+    ``BERTForSequenceClassification``; "mask" reads a cloze template's [MASK]). Returns rows
+    {labels, scratch, pretrained, seconds}.
     """
     config, _ = read_checkpoint(pretrained_path, BERTConfig, "bert")
+    mask_id = tok.token_to_id("[MASK]")
     train_texts, train_y = sentiment_dataset(max(label_counts), seed=seed)
     test_texts, test_y = sentiment_dataset(n_test, seed=seed + 7919)
-    train_ids = encode_texts(tok, train_texts, config.max_len)
-    test_ids = encode_texts(tok, test_texts, config.max_len)
+    train_ids = encode_texts(tok, train_texts, config.max_len, cloze=pooling == "mask")
+    test_ids = encode_texts(tok, test_texts, config.max_len, cloze=pooling == "mask")
     rows = []
     for n in label_counts:
         row = {"labels": n}
@@ -80,9 +94,9 @@ def transfer_experiment(pretrained_path, tok, label_counts=(50, 200, 1000), *, s
         for arm in ("scratch", "pretrained"):
             B.manual_seed(seed)  # the same classifier-head initialisation in both arms
             if arm == "pretrained":
-                model = BERTForSequenceClassification.from_pretrained(pretrained_path, num_labels=2)
+                model = BERTForSequenceClassification.from_pretrained(pretrained_path, 2, pooling, mask_id)
             else:
-                model = BERTForSequenceClassification(config, num_labels=2)
+                model = BERTForSequenceClassification(config, 2, pooling, mask_id)
             finetune(model, train_ids[:n], train_y[:n], steps=steps, batch_size=batch_size, lr=lr, seed=seed)
             row[arm] = accuracy(model, test_ids, test_y)
         row["seconds"] = time.perf_counter() - t0
@@ -112,9 +126,9 @@ def main(args) -> int:
     ckpt = args.ckpt or SHIPPED_BERT
     counts = [int(c) for c in args.labels.split(",")]
     print(f"fine-tuning {ckpt} vs random init on sentiment with {counts} labels "
-          f"({args.steps} steps, batch {args.batch_size}, lr {args.lr})")
+          f"({args.steps} steps, batch {args.batch_size}, lr {args.lr}, head on {args.pooling})")
     rows = transfer_experiment(ckpt, tok, counts, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                               n_test=args.n_test, seed=args.seed, verbose=True)
+                               n_test=args.n_test, seed=args.seed, pooling=args.pooling, verbose=True)
     print(format_table(rows))
     tr, ty = sentiment_dataset(max(counts), seed=args.seed)
     te, tey = sentiment_dataset(args.n_test, seed=args.seed + 7919)
@@ -129,6 +143,8 @@ def add_arguments(p) -> None:
     p.add_argument("--labels", default="50,200,1000", help="comma-separated labelled-example counts")
     p.add_argument("--steps", type=int, default=200, help="fine-tuning steps per run")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--pooling", choices=["mask", "cls", "mean"], default="mask",
+                   help="what the new head reads: a cloze template's [MASK] state, pooled [CLS], or the mean")
     p.add_argument("--n-test", type=int, default=1000, help="held-out test reviews")
     p.add_argument("--seed", type=int, default=0)

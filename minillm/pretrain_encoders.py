@@ -79,12 +79,19 @@ def trim_padding(batch: dict, pad_id: int) -> dict:
 def batch_fn(objective: str, docs, sp: D.SpecialIds, vocab_size: int, batch_size: int, max_len: int,
              text2text_pairs=None, mix: float = 0.0):
     """``get(rng)`` → one batch of ``objective`` from ``docs`` (T5: a fraction ``mix`` of the batches are
-    prefixed text-to-text tasks instead of span corruption: multi-task pre-training, T5 §3.7)."""
+    prefixed text-to-text tasks instead of span corruption: multi-task pre-training, T5 §3.7). ``mlm+nsp``
+    alternates at random between masked NSP pairs and masked whole-story windows."""
     if objective == "mlm":
         fn = partial(D.mlm_batch, batch_size=batch_size, max_len=max_len, sp=sp, vocab_size=vocab_size)
-    elif objective in ("nsp", "mlm+nsp"):
+    elif objective == "nsp":
         fn = partial(D.nsp_batch, batch_size=batch_size, max_len=max_len, sp=sp, vocab_size=vocab_size,
-                     mlm=objective == "mlm+nsp")
+                     mlm=False)
+    elif objective == "mlm+nsp":
+        # half the batches: masked NSP pairs (both losses); half: masked whole-story windows (MLM only),
+        # which carry far more cross-sentence context per example than two single sentences do
+        size = dict(batch_size=batch_size, max_len=max_len, sp=sp, vocab_size=vocab_size)
+        pairs_fn, windows_fn = partial(D.nsp_batch, **size), partial(D.mlm_batch, **size)
+        fn = lambda docs_, rng: (pairs_fn if rng.random() < 0.5 else windows_fn)(docs_, rng)
     elif objective == "denoise":
         fn = partial(D.denoise_batch, batch_size=batch_size, max_len=max_len, sp=sp)
     elif objective == "span":

@@ -55,13 +55,31 @@ def test_gradcheck_every_parameter(kind):
     minillm.gradcheck(lambda *ps: loss_of(kind, model, ids, lab), *params, name=f"{kind} loss")
 
 
-def test_gradcheck_classifier():
+@pytest.mark.parametrize("pooling", ["cls", "mean", "mask"])
+def test_gradcheck_classifier(pooling):
+    MASK = 12
     model = BERTForSequenceClassification(BERTConfig(vocab_size=V, max_len=5, d_model=4, n_heads=2, d_ff=6,
-                                                     n_layers=1, pad_id=PAD), num_labels=3)
+                                                     n_layers=1, pad_id=PAD), num_labels=3, pooling=pooling,
+                                          mask_id=MASK)
     float64(model)
-    ids = np.array([[2, 3, 4, PAD], [5, 6, 7, 8]])
+    ids = np.array([[2, 3, MASK, PAD], [5, MASK, 7, 8]])
     minillm.gradcheck(lambda *ps: model(ids, labels=np.array([2, 0]))[1], *model.parameters(),
-                      name="classifier")
+                      name=f"classifier ({pooling})")
+
+
+def test_classifier_pooling_reads_the_right_positions():
+    MASK = 12
+    cfg = BERTConfig(vocab_size=V, max_len=8, d_model=8, n_heads=2, n_layers=1, pad_id=PAD)
+    ids = np.array([[2, 3, MASK, 4, PAD, PAD]])
+    for pooling in ("cls", "mean", "mask"):
+        minillm.manual_seed(0)
+        model = BERTForSequenceClassification(cfg, 2, pooling, MASK)
+        longer = np.concatenate([ids, np.full((1, 2), PAD)], axis=1)
+        np.testing.assert_allclose(model(ids)[0].numpy(), model(longer)[0].numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no \\[MASK\\]"):
+        model(np.array([[2, 3, 4]]))
+    with pytest.raises(ValueError, match="mask_id"):
+        BERTForSequenceClassification(cfg, 2, "mask")
 
 
 # ------------------------------------------------------------------------------------------ learning

@@ -86,3 +86,11 @@ def bag_of_words_accuracy(train_texts, train_labels, test_texts, test_labels, st
         w -= lr * X.T @ (p - y) / len(y)
     pred = (featurise(test_texts) @ w) > 0
     return float((pred == numpy.asarray(test_labels, dtype=bool)).mean())
+
+
+def cloze_prompt(text: str) -> str:
+    """The review followed by a cloze template in the story corpus's words: "... So she was[MASK]."
+    (the reviewer's pronoun; ``[MASK]`` glued to "was" because the masked word token carries its space)."""
+    name = next((w for w in re.findall(r"[A-Z][a-z]+", text) if w in NAMES), None)
+    pron = PRONOUNS[NAMES[name]]["subject"] if name else "they"
+    return f"{text} So {pron} {'were' if pron == 'they' else 'was'}[MASK]."

@@ -189,30 +189,58 @@ def read_checkpoint(path, config_cls, kind: str):
 
 
 class BERTForSequenceClassification(nn.Module):
-    """A BERT encoder plus a new classifier on the pooled [CLS] vector (Devlin et al. 2019, §4.1).
+    """A BERT encoder plus a new classifier (Devlin et al. 2019, §4.1).
 
+    ``pooling``: what the classifier reads — ``"cls"``, BERT's pooled [CLS] vector (trained by NSP), or
+    ``"mean"``, the mean of the final hidden states over the real tokens (as in Sentence-BERT), or
+    ``"mask"``, the hidden state at the input's first ``[MASK]`` (``mask_id``): the input ends with a cloze
+    template such as "So she was [MASK]." and the head reads what MLM pre-training taught that position
+    to hold (cloze-style fine-tuning, Schick & Schütze 2021).
     ``forward(ids, ..., labels=None)`` → (logits (B, num_labels), loss or None). ``from_pretrained`` starts
     the encoder from a BERT checkpoint; the classifier always starts fresh.
     """
 
-    def __init__(self, config: BERTConfig, num_labels: int = 2):
+    def __init__(self, config: BERTConfig, num_labels: int = 2, pooling: str = "cls",
+                 mask_id: int | None = None):
         super().__init__()
-        self.config, self.num_labels = config, num_labels
+        if pooling not in ("cls", "mean", "mask"):
+            raise ValueError(f"BERTForSequenceClassification: pooling must be 'cls', 'mean' or 'mask', "
+                             f"got {pooling!r}")
+        if pooling == "mask" and mask_id is None:
+            raise ValueError("BERTForSequenceClassification: pooling='mask' needs mask_id (the [MASK] id)")
+        self.config, self.num_labels, self.pooling, self.mask_id = config, num_labels, pooling, mask_id
         self.bert = BERT(config)
         self.drop = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.d_model, num_labels)
         init_weights(self.classifier, config.n_layers)
 
     @classmethod
-    def from_pretrained(cls, path, num_labels: int = 2) -> BERTForSequenceClassification:
+    def from_pretrained(cls, path, num_labels: int = 2, pooling: str = "cls",
+                        mask_id: int | None = None) -> BERTForSequenceClassification:
         config, state = read_checkpoint(path, BERTConfig, "bert")
-        model = cls(config, num_labels)
+        model = cls(config, num_labels, pooling, mask_id)
         model.bert.load_state_dict(state)
         return model
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
         h = self.bert.features(input_ids, token_type_ids, attention_mask)  # (B, T, C)
-        logits = self.classifier(self.drop(self.bert.pooled(h)))  # (B, num_labels)
+        if self.pooling == "cls":
+            pooled = self.bert.pooled(h)  # (B, C)
+        elif self.pooling == "mask":
+            ids = B.xp.asarray(getattr(input_ids, "data", input_ids)).reshape(h.shape[:2])
+            has = (ids == self.mask_id).any(axis=1)
+            if not bool(has.all()):
+                raise ValueError(f"BERTForSequenceClassification(pooling='mask'): rows "
+                                 f"{B.to_numpy(B.xp.flatnonzero(~has)).tolist()} have no [MASK] token")
+            pos = (ids == self.mask_id).argmax(axis=1)  # first [MASK] per row
+            pooled = h[B.xp.arange(ids.shape[0]), pos]  # (B, C)
+        else:
+            ids = as_ids(input_ids, self.config.vocab_size, self.config.max_len, "BERT")
+            pad = padding_mask(ids, attention_mask, self.config.pad_id)
+            real = B.xp.ones(ids.shape, dtype=h.dtype) if pad is None else (~pad).astype(h.dtype)  # (B, T)
+            w = Tensor((real / real.sum(axis=1, keepdims=True))[:, :, None])  # (B, T, 1)
+            pooled = (h * w).sum(axis=1)  # (B, C)
+        logits = self.classifier(self.drop(pooled))  # (B, num_labels)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits, B.xp.asarray(getattr(labels, "data", labels)).reshape(-1))
