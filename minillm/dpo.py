@@ -363,9 +363,10 @@ def sft_on_prompts(model, tokenizer, conversations: Sequence[dict], steps: int, 
 
 def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: float = 0.1,
                   loss_type: str = "sigmoid", label_smoothing: float = 0.0, lr: float = 1e-4,
-                  batch_size: int = 16, sft_steps: int = 0, sft_lr: float = 3e-4, num_samples: int = 2,
-                  temperature: float = 1.0, triplets: list[dict] | None = None, pair_source: str = "sampled",
+                  batch_size: int = 16, sft_steps: int = 0, sft_lr: float = 1e-3, num_samples: int = 4,
+                  temperature: float = 0.7, triplets: list[dict] | None = None, pair_source: str = "sampled",
                   eval_samples: int = 2, min_pairs: int = 16, max_new_tokens: int = 48,
+                  rpo_alpha: float = 0.0, add_demo: bool = True,
                   seed: int = 0, quick: bool = False, progress: bool = False, log=print) -> dict:
     """The alignment phase end to end, on ``minillm.preferences``' world prompts:
 
@@ -409,7 +410,7 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
     table["SFT"] = P.evaluate_behaviour(policy, tokenizer, eval_prompts, **gen)
     if triplets is None and pair_source == "sampled":
         triplets, stats = P.sample_pairs(policy, tokenizer, train_prompts, num_samples, temperature,
-                                         max_new_tokens, seed=seed + 1)
+                                         max_new_tokens, seed=seed + 1, add_demo=add_demo)
         if len(triplets) < min_pairs:  # a model too weak to write distinguishable replies: top up offline
             have = {json.dumps(t["prompt"]) for t in triplets}
             extra = [t for t in P.offline_pairs(train_prompts, seed) if json.dumps(t["prompt"]) not in have]
@@ -432,7 +433,8 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
     n_val = max(1, len(examples) // 10)
     val = PreferenceDataset([examples[i] for i in order[:n_val]], tokenizer.pad_id)
     trn = PreferenceDataset([examples[i] for i in order[n_val:]], tokenizer.pad_id)
-    cfg = DPOConfig(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, pad_id=tokenizer.pad_id)
+    cfg = DPOConfig(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, rpo_alpha=rpo_alpha,
+                    pad_id=tokenizer.pad_id)
     tcfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 10), eval_every=max(1, steps // 4),
                        batch_size=batch_size, seed=seed, progress=progress, weight_decay=0.0)
     history, reference = train_dpo(policy, trn, cfg, tcfg, val_set=val)
@@ -469,13 +471,20 @@ def add_arguments(p) -> None:
     p.add_argument("--beta", type=float, default=0.1, help="strength of the KL anchor to the reference")
     p.add_argument("--loss-type", choices=list(LOSS_TYPES), default="sigmoid")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO (sigmoid only)")
+    p.add_argument("--rpo-alpha", type=float, default=1.0,
+                   help="weight of the chosen replies' NLL added to the loss (0 = pure DPO; on these tiny "
+                        "models pure DPO also sinks the chosen log-probs and drifts far from the reference)")
+    p.add_argument("--no-demo", action="store_true",
+                   help="pairs only from the model's own samples (default: the prompt's example reply is one "
+                        "more candidate)")
+    p.add_argument("--sft-lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=80)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=16, help="preference pairs per step")
     p.add_argument("--sft-steps", type=int, default=0,
                    help="mixed-quality SFT steps on the preference prompts before DPO (0 = none)")
-    p.add_argument("--samples", type=int, default=2, help="replies sampled per prompt for the pairs")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (pairs and eval)")
+    p.add_argument("--samples", type=int, default=4, help="replies sampled per prompt for the pairs")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (pairs and eval)")
     p.add_argument("--out", default="runs/dpo", help="folder for gpt_dpo.npz and pairs.jsonl")
     p.add_argument("--export-dtype", choices=["float32", "float16"], default=None)
     p.add_argument("--save-sft", help="also write the model after the mixed-quality SFT (the DPO reference)")
@@ -501,7 +510,8 @@ def main_dpo(args) -> int:
     triplets = read_triplets(args.pairs) if args.pairs else None
     res = run_dpo_phase(policy, tok, pretrained=before, steps=args.steps, beta=args.beta,
                         loss_type=args.loss_type, label_smoothing=args.label_smoothing, lr=args.lr,
-                        batch_size=args.batch_size, sft_steps=args.sft_steps, num_samples=args.samples,
+                        batch_size=args.batch_size, sft_steps=args.sft_steps, sft_lr=args.sft_lr,
+                        rpo_alpha=args.rpo_alpha, add_demo=not args.no_demo, num_samples=args.samples,
                         temperature=args.temperature, triplets=triplets, pair_source=args.pair_source,
                         seed=args.seed, quick=args.quick, progress=not args.no_progress)
     out = Path(args.out)

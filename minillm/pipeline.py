@@ -108,7 +108,7 @@ def phase_dpo(ctx: dict) -> dict:
     chat_trained = src != ctx.get("shipped_gpt")  # a GPT that never saw the chat template needs more SFT
     size = (dict(steps=4, sft_steps=4, batch_size=4, eval_samples=1) if ctx["quick"] else
             dict(steps=DPO_STEPS, sft_steps=DPO_SFT_STEPS if chat_trained else 2 * DPO_SFT_STEPS,
-                 batch_size=16, eval_samples=2, num_samples=4))
+                 batch_size=16, eval_samples=2, num_samples=4, rpo_alpha=1.0))
     res = run_dpo_phase(policy, tok, pretrained=pretrained, quick=ctx["quick"], seed=ctx["seed"],
                         log=lambda s: None, **size)
     out = Path(ctx["out"]) / "dpo" / "gpt_dpo.npz"
@@ -122,7 +122,7 @@ def phase_dpo(ctx: dict) -> dict:
             **{f"final {k}": v for k, v in res["final"].items()}, "checkpoint": str(out)}
 
 
-DPO_STEPS, DPO_SFT_STEPS = 60, 100
+DPO_STEPS, DPO_SFT_STEPS = 80, 150
 
 
 def phase_lora(ctx: dict) -> dict:

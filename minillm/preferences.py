@@ -392,9 +392,13 @@ def generate_replies(model, tokenizer, prompts: Sequence[dict], num_samples: int
 
 
 def sample_pairs(model, tokenizer, prompts: Sequence[dict], num_samples: int = 2, temperature: float = 1.0,
-                 max_new_tokens: int = 48, seed: int = 0) -> tuple[list[dict], dict]:
+                 max_new_tokens: int = 48, seed: int = 0, add_demo: bool = False) -> tuple[list[dict], dict]:
     """On-policy preference pairs: the model writes ``num_samples`` replies per prompt, the judge scores
     them, and the best and worst become ``chosen`` and ``rejected`` (ties are dropped).
+
+    ``add_demo`` adds the prompt's good example reply as one more candidate: when every sample is equally
+    bad, the demonstration becomes ``chosen`` against the model's own reply (the rejected side stays
+    on-policy), so the behaviours a model rarely gets right still get pairs.
 
     Returns (triplets, stats); each triplet is ``{"prompt": messages, "chosen", "rejected", "category",
     "meta", "scores"}``.
@@ -404,15 +408,19 @@ def sample_pairs(model, tokenizer, prompts: Sequence[dict], num_samples: int = 2
     texts, _ = generate_replies(model, tokenizer, prompts, num_samples, temperature, max_new_tokens, seed)
     triplets, ties = [], 0
     for p, replies in zip(prompts, texts):
+        if add_demo:
+            replies = list(replies) + [p["meta"]["good"][0]]
         scored = sorted(((score(p, r)[0], k, r) for k, r in enumerate(replies)), key=lambda t: (-t[0], t[1]))
         (s_hi, _, hi), (s_lo, _, lo) = scored[0], scored[-1]
         if s_hi == s_lo:
             ties += 1
             continue
         triplets.append({"prompt": list(p["messages"]), "chosen": hi, "rejected": lo,
-                         "category": p["category"], "meta": p["meta"], "scores": [s_hi, s_lo]})
+                         "category": p["category"], "meta": p["meta"], "scores": [s_hi, s_lo],
+                         "chosen_is_demo": add_demo and scored[0][1] == num_samples})
     by_cat = {c: sum(t["category"] == c for t in triplets) for c in CATEGORIES}
     return triplets, {"prompts": len(prompts), "pairs": len(triplets), "ties": ties,
+                      "chosen from demos": sum(t["chosen_is_demo"] for t in triplets),
                       "pairs_by_category": by_cat}
 
 

@@ -108,6 +108,11 @@ def test_sample_pairs_keeps_the_judges_choice(monkeypatch):
     assert stats["ties"] == 1 and stats["pairs"] == 2
     with pytest.raises(ValueError, match="at least 2"):
         P.sample_pairs(None, TOK, prompts, num_samples=1)
+    # with the example reply as one more candidate, the all-wrong prompt gets a pair too
+    triplets, stats = P.sample_pairs(None, TOK, prompts, add_demo=True)
+    assert stats["pairs"] == 3 and stats["chosen from demos"] == 1
+    assert triplets[2]["chosen"] == prompts[2]["meta"]["good"][0] and triplets[2]["rejected"] == "no idea"
+    assert [t["chosen_is_demo"] for t in triplets] == [False, False, True]
 
 
 def test_tokenize_triplets_masks_only_the_final_reply():
