@@ -94,8 +94,11 @@ def eval_code(generate, examples: list[dict], timeout: float = 3.0) -> dict:
     from minillm.sandbox import run_tests
 
     per_family, statuses, samples = defaultdict(list), defaultdict(int), []
+    syntax_ok, name_ok = [], []
     for ex in examples:
         code = generate(ex["messages"][:1])
+        syntax_ok.append(_parses(code))
+        name_ok.append(syntax_ok[-1] and _defines(code, ex["meta"]["entry_point"]))
         r = run_tests(code, ex["meta"]["entry_point"], ex["meta"]["tests"], timeout=timeout)
         per_family[ex["meta"]["family"]].append(r.ok)
         statuses[r.status] += 1
@@ -103,7 +106,26 @@ def eval_code(generate, examples: list[dict], timeout: float = 3.0) -> dict:
             samples.append((ex["messages"][0]["content"], code, r.status))
     passed = [ok for v in per_family.values() for ok in v]
     return {"pass@1": float(numpy.mean(passed)) if passed else 0.0, "n": len(passed),
+            "valid syntax": float(numpy.mean(syntax_ok)) if syntax_ok else 0.0,
+            "defines the function": float(numpy.mean(name_ok)) if name_ok else 0.0,
             "statuses": dict(statuses), "samples": samples}
+
+
+def _parses(code: str) -> bool:
+    """Whether the text is syntactically valid Python (parsed only, never run here)."""
+    import ast
+
+    try:
+        ast.parse(code)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def _defines(code: str, name: str) -> bool:
+    import ast
+
+    return any(isinstance(n, ast.FunctionDef) and n.name == name for n in ast.parse(code).body)
 
 
 def eval_word_problems(generate, examples: list[dict]) -> dict:
@@ -170,7 +192,8 @@ def summary_rows(before: dict, after: dict) -> dict:
     """Flat "metric: before -> after" rows for the report card."""
     rows = {}
     if "code" in after:
-        rows["code pass@1"] = f"{before['code']['pass@1']:.2f} -> {after['code']['pass@1']:.2f}"
+        for k in ("pass@1", "valid syntax", "defines the function"):
+            rows[f"code {k}"] = f"{before['code'][k]:.2f} -> {after['code'][k]:.2f}"
     if "cot" in after:
         for style in ("cot", "direct"):
             b, a = before["cot"][f"{style} by steps"], after["cot"][f"{style} by steps"]
