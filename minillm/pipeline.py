@@ -73,7 +73,7 @@ def phase_sft(ctx: dict) -> dict:
     if model.config.context_length < 96:  # the chat data needs ~100 tokens per conversation
         return {"skipped": f"{Path(src).name} has a {model.config.context_length}-token context; SFT needs "
                            "~100 (ship minillm/checkpoints/gpt_tiny.npz)"}
-    steps, n_eval, batch = (8, 2, 4) if ctx["quick"] else (300, 12, 16)
+    steps, n_eval, batch = (8, 2, 4) if ctx["quick"] else (300, 12, 8)
     out = str(Path(ctx["out"]) / "sft" / "model.npz")
     res = run_sft(model, tok, task="mix", steps=steps, n_train=400 if ctx["quick"] else 4000, n_eval=n_eval,
                   batch_size=batch, seed=ctx["seed"], out=out, progress=False)
