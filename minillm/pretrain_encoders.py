@@ -323,7 +323,7 @@ def phase_encoder_decoder(ctx: dict) -> dict:
         out[f"{name}: teacher-forced token acc"] = next(v for k, v in ev.items() if k.endswith("_token_acc")
                                                         and "greedy" not in k)
     sp = D.SpecialIds.from_tokenizer(tok)
-    n = 8 if quick else 64
+    n = 4 if quick else 64
     if SHIPPED_T5.exists():
         model = T5.from_checkpoint(SHIPPED_T5)
         pairs = D.encode_pairs(tok, text2text_examples(2 * n, seed=ctx["seed"] + 10_000),
