@@ -440,8 +440,10 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
     history, reference = train_dpo(policy, trn, cfg, tcfg, val_set=val)
     table["DPO"] = P.evaluate_behaviour(policy, tokenizer, eval_prompts, reference=reference, **gen)
     final = {k: history[f"val_{k}"][-1] for k in ("loss", "rewards/chosen", "rewards/rejected",
-                                                   "rewards/margins", "rewards/accuracies")
+                                                   "rewards/margins", "rewards/accuracies", "nll_loss")
              if f"val_{k}" in history}
+    if "nll_loss" in final:  # the logged loss includes rpo_alpha · NLL; report the DPO term on its own too
+        final["dpo_loss"] = final["loss"] - rpo_alpha * final["nll_loss"]
     return {"table": table, "pairs": stats, "triplets": triplets, "history": history, "final": final,
             "reference": reference, "eval_prompts": eval_prompts}
 

@@ -111,7 +111,8 @@ def test_sample_pairs_keeps_the_judges_choice(monkeypatch):
     # with the example reply as one more candidate, the all-wrong prompt gets a pair too
     triplets, stats = P.sample_pairs(None, TOK, prompts, add_demo=True)
     assert stats["pairs"] == 3 and stats["chosen from demos"] == 1
-    assert triplets[2]["chosen"] == prompts[2]["meta"]["good"][0] and triplets[2]["rejected"] in ("no idea", "nothing")
+    assert triplets[2]["chosen"] == prompts[2]["meta"]["good"][0]
+    assert triplets[2]["rejected"] in ("no idea", "nothing")
     assert [t["chosen_is_demo"] for t in triplets] == [False, False, True]
 
 
