@@ -106,7 +106,7 @@ def phase_dpo(ctx: dict) -> dict:
     before = ctx.get("shipped_gpt")
     pretrained = load_model(before)[0] if before and Path(before).exists() else None
     chat_trained = src != ctx.get("shipped_gpt")  # a GPT that never saw the chat template needs more SFT
-    size = (dict(steps=4, sft_steps=4, batch_size=4, eval_samples=1) if ctx["quick"] else
+    size = (dict(steps=4, sft_steps=4, batch_size=4, eval_samples=1, rpo_alpha=1.0) if ctx["quick"] else
             dict(steps=DPO_STEPS, sft_steps=DPO_SFT_STEPS if chat_trained else 2 * DPO_SFT_STEPS,
                  batch_size=16, eval_samples=2, num_samples=4, rpo_alpha=1.0))
     res = run_dpo_phase(policy, tok, pretrained=pretrained, quick=ctx["quick"], seed=ctx["seed"],
