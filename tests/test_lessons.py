@@ -53,6 +53,9 @@ def test_lesson_runs_without_errors(notebook: Path, tmp_path: Path, monkeypatch)
     nb = nbformat.read(notebook, as_version=4)
     work = _workdir(tmp_path, notebook)
     monkeypatch.setenv("MPLBACKEND", "Agg")  # the kernel inherits this environment
+    # Lessons run many small matmuls: one BLAS thread per kernel keeps their run time predictable on a
+    # busy 2-core machine (threaded OpenBLAS was measured 5-10x slower there under load).
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=False,
                                      resources={"metadata": {"path": str(work)}})
     try:
