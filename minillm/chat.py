@@ -138,19 +138,27 @@ def decode_reply(tokenizer, ids) -> str:
     return tokenizer.decode(ids)
 
 
-def make_generate_fn(model, tokenizer, max_new_tokens: int = 64, temperature: float = 0.0,
-                     top_k: int | None = None, seed: int | None = None) -> Callable[[list[dict]], str]:
+def make_generate_fn(model, tokenizer, max_new_tokens: int | None = 64, temperature: float = 0.0,
+                     top_k: int | None = None, seed: int | None = None,
+                     min_new_tokens: int = 16) -> Callable[[list[dict]], str]:
     """``generate(messages) -> assistant text`` for ``minillm.tools.run_agent_turn``: renders the prompt
     (keeping its last ``context_length - max_new_tokens`` tokens if it is too long), samples with
-    ``minillm.generate.generate`` until ``<|end|>``, and decodes the reply."""
+    ``minillm.generate.generate`` until ``<|end|>``, and decodes the reply.
+
+    ``max_new_tokens=None`` fills the context instead: the whole prompt is kept (its last
+    ``context_length - min_new_tokens`` tokens at most) and the reply may use the rest of the context, the
+    budget a model trained on conversations of ``context_length`` tokens had. A fixed ``max_new_tokens``
+    near the context length would cut the prompt (e.g. 96 of 128 keeps only its last 32 tokens)."""
     from minillm.generate import generate
 
     end = tokenizer.token_to_id(END)
-    keep = max(1, model.config.context_length - max_new_tokens)
+    ctx = model.config.context_length
+    keep = max(1, ctx - (max_new_tokens if max_new_tokens is not None else min_new_tokens))
 
     def reply(messages: list[dict]) -> str:
         prompt = render_prompt(messages, tokenizer)[-keep:]
-        out = generate(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+        n_new = max_new_tokens if max_new_tokens is not None else ctx - len(prompt)
+        out = generate(model, prompt, max_new_tokens=n_new, temperature=temperature, top_k=top_k,
                        stop_tokens=[end], seed=seed)
         out = numpy.asarray(getattr(out, "data", out)).reshape(-1)[len(prompt):]
         return decode_reply(tokenizer, out)

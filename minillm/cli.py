@@ -162,7 +162,7 @@ def _add_dpo_parser(sub) -> None:
 
 def _add_sft_parser(sub) -> None:
     s = sub.add_parser("sft", help="supervised fine-tuning (chat template), with before/after evaluation")
-    s.add_argument("--task", choices=["code", "cot", "direct", "tools", "mix"], default="mix")
+    s.add_argument("--task", choices=["code", "cot", "direct", "cot+direct", "tools", "mix"], default="mix")
     s.add_argument("--from", dest="from_ckpt", help="GPT checkpoint to start from (default: gpt_tiny)")
     s.add_argument("--data", help="JSONL conversations to train on instead of the built-in task data")
     s.add_argument("--out", default="runs/sft/model.npz", help="where the fine-tuned checkpoint goes")

@@ -21,13 +21,14 @@ import numpy
 from minillm import chat
 from minillm.train import TrainConfig, train
 
-TASKS = ("code", "cot", "direct", "tools", "mix")
+TASKS = ("code", "cot", "direct", "cot+direct", "tools", "mix")
 SHIPPED_SFT = Path(__file__).resolve().parent / "checkpoints" / "gpt_sft.npz"
 
 
 # ------------------------------------------------------------------------------------------- data
 def task_examples(task: str, n: int, seed: int) -> list[dict]:
-    """``n`` examples of a task (for "mix": about n/4 of each, word problems in both renderings)."""
+    """``n`` examples of a task (for "mix": about n/4 of each, word problems in both renderings;
+    "cot+direct": n/2 word problems, each in both renderings, so one model answers either way)."""
     from minillm.data.code_tasks import code_dataset
     from minillm.data.tool_conversations import tool_dataset
     from minillm.data.word_problems import word_problem_dataset
@@ -38,11 +39,14 @@ def task_examples(task: str, n: int, seed: int) -> list[dict]:
         return word_problem_dataset(n, seed, cot=True)
     if task == "direct":
         return word_problem_dataset(n, seed, cot=False)
+    if task == "cot+direct":
+        return word_problem_dataset(max(1, n // 2), seed, cot=None)
     if task == "tools":
         return tool_dataset(n, seed)
     if task == "mix":
         k = max(1, n // 4)
-        return code_dataset(k, seed) + word_problem_dataset(k, seed) + tool_dataset(k, seed)
+        # the original unbounded word problems, as the shipped gpt_sft.npz was trained on
+        return code_dataset(k, seed) + word_problem_dataset(k, seed, max_count=None) + tool_dataset(k, seed)
     raise ValueError(f"unknown SFT task {task!r}; choose from {TASKS}")
 
 
@@ -55,7 +59,10 @@ def split_heldout(task: str, n_train: int, n_eval: int, seed: int = 0) -> tuple[
 
 
 def _prompt_key(ex: dict) -> str:
-    return next((m["content"] for m in ex["messages"] if m["role"] == "user"), "")
+    """What makes two examples the same task: a word problem's question (either rendering), else the
+    first user message."""
+    question = (ex.get("meta") or {}).get("question")
+    return question or next((m["content"] for m in ex["messages"] if m["role"] == "user"), "")
 
 
 def encode_examples(examples: list[dict], tokenizer, context_length: int) -> tuple[list, int]:
@@ -174,8 +181,10 @@ def eval_tools(generate, examples: list[dict], registry=None, max_calls: int = 3
             "answer accuracy": sum(answer_ok) / n, "calls per turn": calls / n, "n": len(examples)}
 
 
-def evaluate_sft(model, tokenizer, heldout: dict[str, list[dict]], max_new_tokens: int = 96) -> dict:
-    """Every evaluation whose held-out examples are given (keys "code", "cot", "tools")."""
+def evaluate_sft(model, tokenizer, heldout: dict[str, list[dict]], max_new_tokens: int | None = None) -> dict:
+    """Every evaluation whose held-out examples are given (keys "code", "cot", "tools"). Code and word
+    problems are answered greedily with the whole prompt in view and the rest of the context for the
+    reply (``max_new_tokens=None``), as in training."""
     generate = chat.make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0)
     out = {}
     if heldout.get("code"):
@@ -210,9 +219,14 @@ def summary_rows(before: dict, after: dict) -> dict:
 # ------------------------------------------------------------------------------------------- training
 def heldout_for(task: str, n_eval: int, seed: int = 0) -> dict[str, list[dict]]:
     """Held-out evaluation examples per evaluation kind for a task."""
-    kinds = {"code": ["code"], "cot": ["cot"], "direct": ["cot"], "tools": ["tools"],
+    kinds = {"code": ["code"], "cot": ["cot"], "direct": ["cot"], "cot+direct": ["cot"], "tools": ["tools"],
              "mix": ["code", "cot", "tools"]}[task]
-    return {k: task_examples(k, n_eval, seed + 1000) for k in kinds}
+    out = {k: task_examples(k, n_eval, seed + 1000) for k in kinds}
+    if task == "mix":  # held out from the same (unbounded) word problems mix trains on
+        from minillm.data.word_problems import word_problem_dataset
+
+        out["cot"] = word_problem_dataset(n_eval, seed + 1000, cot=True, max_count=None)
+    return out
 
 
 def run_sft(model, tokenizer, task: str = "mix", steps: int = 1000, n_train: int = 4000, n_eval: int = 40,
@@ -271,7 +285,7 @@ def print_report(res: dict) -> None:
 
 
 def main_sft(args) -> int:
-    """``minillm sft --task code|cot|direct|tools|mix --from CKPT``."""
+    """``minillm sft --task code|cot|direct|cot+direct|tools|mix --from CKPT``."""
     from minillm.pretrain import SHIPPED_GPT
 
     model, tok = load_model(args.from_ckpt or SHIPPED_GPT)

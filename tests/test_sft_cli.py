@@ -76,3 +76,35 @@ def test_cli_sft_on_a_users_jsonl(tiny_ckpt, tmp_path, capsys):
     assert main(["sft", "--data", str(data), "--from", str(tiny_ckpt), "--steps", "2", "--batch-size", "2",
                  "--no-eval", "--no-progress", "--out", str(out)]) == 0
     assert "trained on 4 examples" in capsys.readouterr().out and out.exists()
+
+
+def test_generate_fn_that_fills_the_context_keeps_the_whole_prompt(monkeypatch):
+    """``max_new_tokens=None`` (the SFT evaluation) shows the model the whole prompt; a fixed budget near
+    the context length keeps only the prompt's tail."""
+    import minillm.generate as gen_mod
+    from minillm import chat
+
+    seen = []
+
+    def fake_generate(model, ids, max_new_tokens, **kw):
+        seen.append((len(ids), max_new_tokens))
+        return numpy.concatenate([ids, [TOK.token_to_id(chat.END)]])
+
+    monkeypatch.setattr(gen_mod, "generate", fake_generate)
+    msgs = task_examples("code", 1, 1000)[0]["messages"][:1]
+    n_prompt = len(chat.render_prompt(msgs, TOK))
+    assert 32 < n_prompt < 112
+    model = _tiny(ctx=128)
+    chat.make_generate_fn(model, TOK, max_new_tokens=None)(msgs)
+    chat.make_generate_fn(model, TOK, max_new_tokens=96)(msgs)
+    assert seen == [(n_prompt, 128 - n_prompt), (32, 96)]
+
+
+def test_heldout_word_problems_are_unseen_in_either_rendering():
+    from minillm.sft import _prompt_key, heldout_for
+
+    held = {ex["meta"]["question"] for ex in heldout_for("cot+direct", 200)["cot"]}
+    train = task_examples("cot+direct", 4000, 0)
+    assert {ex["task"] for ex in train} == {"cot", "direct"}
+    leaked = [ex for ex in train if ex["meta"]["question"] in held]
+    assert leaked and all(_prompt_key(ex) in held for ex in leaked)  # run_sft drops these by _prompt_key

@@ -2,6 +2,7 @@
 turns hangs and crashes into failed tests."""
 
 import json
+import re
 import time
 
 import pytest
@@ -59,6 +60,7 @@ def test_word_problems_have_right_answers_and_both_renderings():
                 a, op, b = lhs.split()
                 assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] == int(rhs)
         assert extract_answer(cot["messages"][1]["content"]) == cot["meta"]["answer"]
+        assert all(0 <= int(n) <= 20 for n in re.findall(r"\d+", cot["messages"][1]["content"]))
         assert extract_answer(direct["messages"][1]["content"]) == cot["meta"]["answer"] >= 0
 
 

@@ -25,25 +25,31 @@ from minillm.data.world import CHARACTERS, OBJECTS, PRONOUNS
 
 DIRECT_SUFFIX = "Answer only."
 _COUNTABLE = [o for o in OBJECTS if o not in ("shell", "stone", "flower")]
+MAX_COUNT = 20  # default bound on every count in word_problem_dataset (0..20)
 
 
-def _step(rng: random.Random, name: str, obj: str, count: int, allow_product: bool = True
-          ) -> tuple[str, str, int]:
-    """One step: (problem sentence, rationale line, new count). Never lets the count go negative.
+def _step(rng: random.Random, name: str, obj: str, count: int, allow_product: bool = True,
+          max_count: int | None = None) -> tuple[str, str, int]:
+    """One step: (problem sentence, rationale line, new count). Never lets the count go negative, nor
+    above ``max_count`` if given (``None`` draws exactly as before the bound existed).
 
     Phrased in the past tense of the pre-training stories ("She bought 3."), whose words are single
     tokens of the shipped tokenizer, so a 4-step problem and its rationale fit a 128-token context."""
     pr = PRONOUNS[CHARACTERS[name]["pronoun"]]
     she, her = pr["subject"].capitalize(), pr["object"]
-    kinds = ["buy"] + (["friends", "bags"] if allow_product else [])
+    room = None if max_count is None else max_count - count
+    kinds = ["buy"] if room is None or room >= 1 else []
+    if allow_product and (room is None or room >= 4):
+        kinds += ["friends", "bags"]
     if count >= 2:
         kinds += ["give", "eat" if OBJECTS[obj]["food"] else "give"]
     kind = rng.choice(kinds)
     if kind == "buy":
-        n = rng.randint(1, 6)
+        n = rng.randint(1, 6 if room is None else min(6, room))
         return f"{she} bought {n} more.", f"{count} + {n} = {count + n}.", count + n
     if kind in ("friends", "bags"):
-        k, m = rng.randint(2, 4), rng.randint(2, 5)
+        k = rng.randint(2, 4 if room is None else min(4, room // 2))
+        m = rng.randint(2, 5 if room is None else min(5, room // k))
         text = (f"{k} friends gave {her} {m} each." if kind == "friends" else
                 f"{she} bought {k} bags of {m}.")
         return text, f"{k} * {m} = {k * m}. {count} + {k * m} = {count + k * m}.", count + k * m
@@ -53,9 +59,10 @@ def _step(rng: random.Random, name: str, obj: str, count: int, allow_product: bo
     return f"{she} {verb}.", f"{count} - {n} = {count - n}.", count - n
 
 
-def make_problem(rng: random.Random, steps: int) -> dict:
+def make_problem(rng: random.Random, steps: int, max_count: int | None = None) -> dict:
     """One problem with ``steps`` steps: its question, the rationale lines, the answer and the sentence
-    stating it ("Mia has 11 apples.")."""
+    stating it ("Mia has 11 apples."). ``max_count``: every count stays at most this (``None``: the
+    original unbounded problems, which ``minillm.preferences`` and the shipped ``gpt_sft.npz`` use)."""
     name = rng.choice(list(CHARACTERS))
     obj = rng.choice(_COUNTABLE)
     plural = OBJECTS[obj]["plural"]
@@ -63,7 +70,7 @@ def make_problem(rng: random.Random, steps: int) -> dict:
     sentences, rationale = [f"{name} had {count} {plural}."], []
     products = 0
     for _ in range(steps):
-        s, r, new = _step(rng, name, obj, count, allow_product=products < 2)
+        s, r, new = _step(rng, name, obj, count, allow_product=products < 2, max_count=max_count)
         products += " * " in r
         count = new
         sentences.append(s)
@@ -84,16 +91,19 @@ def render_problem(problem: dict, cot: bool) -> list[dict]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
 
 
-def word_problem_dataset(n: int, seed: int = 0, cot: bool | None = None, max_steps: int = 4) -> list[dict]:
+def word_problem_dataset(n: int, seed: int = 0, cot: bool | None = None, max_steps: int = 4,
+                         max_count: int | None = MAX_COUNT) -> list[dict]:
     """``n`` examples (1..max_steps steps, evenly spread), as ``{"task", "messages", "meta"}`` dicts.
 
     ``cot``: True = chain-of-thought renderings only, False = direct only, None = each problem twice
     (both renderings, so 2n examples): the model learns both styles on the same problems.
+    ``max_count`` (default 20) bounds every count, so each rationale line is a sum of small numbers that
+    the tiny GPT can learn exactly; ``None`` gives the original unbounded problems (counts up to ~50).
     """
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        p = make_problem(rng, 1 + i % max_steps)
+        p = make_problem(rng, 1 + i % max_steps, max_count=max_count)
         meta = {"answer": p["answer"], "steps": p["steps"], "question": p["question"]}
         for style in ([True, False] if cot is None else [cot]):
             out.append({"task": "cot" if style else "direct", "messages": render_problem(p, style),
