@@ -72,6 +72,10 @@ def _add_pretrain_parser(sub) -> None:
     pt.add_argument("--steps", type=int, default=1000)
     pt.add_argument("--out", default="runs/pretrain", help="folder for checkpoint.npz and model.npz")
     pt.add_argument("--resume", help="continue from this checkpoint.npz")
+    pt.add_argument("--init", help="start from this model's weights (continued / domain-adaptive "
+                                   "pre-training; the size comes from it)")
+    pt.add_argument("--story-weights", help="mix of built-in story kinds, e.g. opinion=0.5,counting=0.5 "
+                                            "(kinds: counting, weather, opinion, meeting, review)")
     pt.add_argument("--export", help="also write weights + tokenizer here (e.g. a shipped checkpoint)")
     pt.add_argument("--export-dtype", choices=["float32", "float16"], default=None,
                     help="dtype of the exported weights (float16 halves the file)")

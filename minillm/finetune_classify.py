@@ -66,23 +66,40 @@ def finetune(model, ids: numpy.ndarray, labels: numpy.ndarray, *, steps: int = 2
                       seed=seed, progress=False, weight_decay=0.01)
     head = [p for n_, p in model.named_parameters() if not n_.startswith("bert.")]
     body = [p for n_, p in model.named_parameters() if n_.startswith("bert.")]
-    groups = [{"params": body, "lr": lr, "weight_decay": cfg.weight_decay},
-              {"params": head, "lr": head_lr or lr, "weight_decay": 0.0}]
+    groups = [{"params": body, "lr": lr, "weight_decay": cfg.weight_decay}]
+    if head:  # a verbalizer head has no new weights: it is the MLM head
+        groups.append({"params": head, "lr": head_lr or lr, "weight_decay": 0.0})
     return train(model, classification_loss, get_batch, cfg, optimizer_params=groups)
+
+
+def sentiment_verbalizer(tok) -> list[list[int]]:
+    """The mood words the stories use after "So she was", as token ids per label (negative, positive)."""
+    from minillm.data.sentiment import VERBALIZER
+
+    out = []
+    for words in VERBALIZER:
+        ids = [tok.encode(w) for w in words]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(f"sentiment verbalizer: {words} must each be one token of this tokenizer, "
+                             f"got {ids}")
+        out.append([i[0] for i in ids])
+    return out
 
 
 def transfer_experiment(pretrained_path, tok, label_counts=(50, 200, 1000), *, steps: int = 200,
                         batch_size: int = 16, lr: float = 3e-4, n_test: int = 1000, seed: int = 0,
-                        pooling: str = "mask", verbose: bool = False) -> list[dict]:
+                        pooling: str = "mask", verbalizer: bool = True, verbose: bool = False) -> list[dict]:
     """For each label count: test accuracy of (scratch, pre-trained) after identical fine-tuning.
 
     Training examples come from sentiment seed ``seed``, the test set from another seed, so no review
     text is shared by construction except by chance. ``pooling`` is the classifier's input (see
-    ``BERTForSequenceClassification``; "mask" reads a cloze template's [MASK]). Returns rows
+    ``BERTForSequenceClassification``; "mask" reads a cloze template's [MASK], through the MLM head and
+    the mood words ``sentiment.VERBALIZER`` when ``verbalizer``). Returns rows
     {labels, scratch, pretrained, seconds}.
     """
     config, _ = read_checkpoint(pretrained_path, BERTConfig, "bert")
     mask_id = tok.token_to_id("[MASK]")
+    verb = sentiment_verbalizer(tok) if verbalizer and pooling == "mask" else None
     train_texts, train_y = sentiment_dataset(max(label_counts), seed=seed)
     test_texts, test_y = sentiment_dataset(n_test, seed=seed + 7919)
     train_ids = encode_texts(tok, train_texts, config.max_len, cloze=pooling == "mask")
@@ -94,9 +111,10 @@ def transfer_experiment(pretrained_path, tok, label_counts=(50, 200, 1000), *, s
         for arm in ("scratch", "pretrained"):
             B.manual_seed(seed)  # the same classifier-head initialisation in both arms
             if arm == "pretrained":
-                model = BERTForSequenceClassification.from_pretrained(pretrained_path, 2, pooling, mask_id)
+                model = BERTForSequenceClassification.from_pretrained(pretrained_path, 2, pooling, mask_id,
+                                                                      verb)
             else:
-                model = BERTForSequenceClassification(config, 2, pooling, mask_id)
+                model = BERTForSequenceClassification(config, 2, pooling, mask_id, verb)
             finetune(model, train_ids[:n], train_y[:n], steps=steps, batch_size=batch_size, lr=lr, seed=seed)
             row[arm] = accuracy(model, test_ids, test_y)
         row["seconds"] = time.perf_counter() - t0
@@ -125,10 +143,12 @@ def main(args) -> int:
     tok = BPETokenizer.load(args.tokenizer) if args.tokenizer else load_default_tokenizer()
     ckpt = args.ckpt or SHIPPED_BERT
     counts = [int(c) for c in args.labels.split(",")]
+    head = args.head if args.pooling == "mask" else "linear"
     print(f"fine-tuning {ckpt} vs random init on sentiment with {counts} labels "
-          f"({args.steps} steps, batch {args.batch_size}, lr {args.lr}, head on {args.pooling})")
+          f"({args.steps} steps, batch {args.batch_size}, lr {args.lr}, head {head} on {args.pooling})")
     rows = transfer_experiment(ckpt, tok, counts, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                               n_test=args.n_test, seed=args.seed, pooling=args.pooling, verbose=True)
+                               n_test=args.n_test, seed=args.seed, pooling=args.pooling,
+                               verbalizer=head == "verbalizer", verbose=True)
     print(format_table(rows))
     tr, ty = sentiment_dataset(max(counts), seed=args.seed)
     te, tey = sentiment_dataset(args.n_test, seed=args.seed + 7919)
@@ -146,5 +166,7 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--pooling", choices=["mask", "cls", "mean"], default="mask",
                    help="what the new head reads: a cloze template's [MASK] state, pooled [CLS], or the mean")
+    p.add_argument("--head", choices=["verbalizer", "linear"], default="verbalizer",
+                   help="with --pooling mask: the MLM head scoring the mood words (PET), or a new Linear")
     p.add_argument("--n-test", type=int, default=1000, help="held-out test reviews")
     p.add_argument("--seed", type=int, default=0)

@@ -19,9 +19,11 @@ from minillm.train import TrainConfig, lm_loss, train
 SHIPPED_GPT = Path(__file__).resolve().parent / "checkpoints" / "gpt_tiny.npz"
 
 
-def lm_tokens(tokenizer, data: str | None = None, num_stories: int = 20_000, seed: int = 0) -> numpy.ndarray:
-    """One token stream: the world's stories, each followed by ``<|endoftext|>``, or a user's text file
-    (encoded as ordinary text: special-token strings in it stay plain text)."""
+def lm_tokens(tokenizer, data: str | None = None, num_stories: int = 20_000, seed: int = 0,
+              story_weights: dict[str, float] | None = None) -> numpy.ndarray:
+    """One token stream: the world's stories (mixed by ``story_weights``, default the standard mix), each
+    followed by ``<|endoftext|>``, or a user's text file (encoded as ordinary text: special-token strings
+    in it stay plain text)."""
     if data is not None:
         from minillm.data.lm import load_text
 
@@ -30,7 +32,7 @@ def lm_tokens(tokenizer, data: str | None = None, num_stories: int = 20_000, see
 
     eos = tokenizer.eos_id
     ids: list[int] = []
-    for story in generate_corpus(num_stories, seed).split("\n\n"):
+    for story in generate_corpus(num_stories, seed, story_weights).split("\n\n"):
         ids.extend(tokenizer.encode(story))
         ids.append(eos)
     return numpy.asarray(ids, dtype=numpy.int64)
@@ -47,21 +49,25 @@ def lm_batches(train_tokens, val_tokens, batch_size: int, context_length: int):
 
 def pretrain_gpt(tokenizer, model_config: GPTConfig, train_config: TrainConfig, data: str | None = None,
                  num_stories: int = 20_000, val_fraction: float = 0.05, resume: str | None = None,
-                 export: str | None = None, export_dtype: str | None = None) -> dict:
+                 export: str | None = None, export_dtype: str | None = None,
+                 story_weights: dict[str, float] | None = None, init: str | None = None) -> dict:
     """Train a GPT by next-token prediction; returns model, history, tokens and timing.
 
     Writes ``out_dir/checkpoint.npz`` (resumable) and ``out_dir/model.npz`` (weights + tokenizer) when
     ``train_config.out_dir`` is set, and ``export`` (weights + tokenizer, optionally float16) if given.
+    ``init``: a GPT checkpoint to continue from (its config replaces ``model_config``).
     """
     from minillm.data.lm import train_val_split
 
-    tokens = lm_tokens(tokenizer, data, num_stories, train_config.seed)
+    if init:
+        model_config = GPT.from_checkpoint(init).config
+    tokens = lm_tokens(tokenizer, data, num_stories, train_config.seed, story_weights)
     if int(tokens.max()) >= model_config.vocab_size:
         raise ValueError(f"pretrain: the data has token id {int(tokens.max())} but vocab_size is "
                          f"{model_config.vocab_size}; use the tokenizer's ({tokenizer.vocab_size})")
     train_tokens, val_tokens = train_val_split(tokens, val_fraction)
     B.manual_seed(train_config.seed)
-    model = GPT(model_config)
+    model = GPT.from_checkpoint(init) if init else GPT(model_config)
     get = lm_batches(train_tokens, val_tokens, train_config.batch_size, model_config.context_length)
     t0 = time.perf_counter()
     tok_json = None
@@ -94,9 +100,14 @@ def main_clm(args) -> int:
                        eval_every=args.eval_every, eval_steps=args.eval_steps,
                        checkpoint_every=args.checkpoint_every, out_dir=args.out, seed=args.seed,
                        progress=not args.no_progress)
+    from minillm.data.world import story_weights
+
     res = pretrain_gpt(tok, mcfg, tcfg, data=args.data, num_stories=args.num_stories, resume=args.resume,
-                       export=args.export, export_dtype=args.export_dtype)
+                       export=args.export, export_dtype=args.export_dtype,
+                       story_weights=story_weights(getattr(args, "story_weights", None)),
+                       init=getattr(args, "init", None))
     h, model = res["history"], res["model"]
+    mcfg = model.config  # with --init, the checkpoint's
     print(f"GPT {model.num_parameters():,} parameters ({mcfg.n_layers} layers, d_model {mcfg.d_model}, "
           f"{mcfg.n_heads} heads, context {mcfg.context_length}); {res['train_tokens']:,} train / "
           f"{res['val_tokens']:,} val tokens")

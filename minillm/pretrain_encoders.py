@@ -188,12 +188,16 @@ def pretrain(objective: str, tok, *, steps: int, d_model: int = 64, n_layers: in
              max_len: int = 64, d_ff: int | None = None, batch_size: int = 32, lr: float = 2e-3,
              warmup: int = 50, num_stories: int = 5000, seed: int = 0, mix_tasks: float = 0.0,
              num_task_examples: int = 4000, out_dir: str | None = None, export: str | None = None,
-             eval_every: int = 0, progress: bool = True, data: str | None = None) -> dict:
+             eval_every: int = 0, progress: bool = True, data: str | None = None,
+             story_weights: dict[str, float] | None = None, init: str | None = None) -> dict:
     """Pre-train the family ``objective`` calls for; returns the model, history, evaluation and timing.
 
     ``mix_tasks`` (T5/BART): that fraction of batches are prefixed "summarize: " / "translate English to
     Worldish: " pairs from ``minillm.data.text2text`` (multi-task pre-training). ``data``: a UTF-8 text
-    file to use instead of the world's stories (documents separated by blank lines).
+    file to use instead of the world's stories (documents separated by blank lines). ``story_weights``: the
+    mix of story kinds (``minillm.data.world.story_weights``). ``init``: a checkpoint of the same family to
+    continue from instead of a random initialisation (continued or domain-adaptive pre-training,
+    Gururangan et al. 2020); the model's size then comes from it, not from the size arguments.
     """
     from minillm.data.text2text import text2text_examples
 
@@ -208,16 +212,26 @@ def pretrain(objective: str, tok, *, steps: int, d_model: int = 64, n_layers: in
         if len(docs) < 4:
             raise ValueError(f"pretrain: {data} has {len(docs)} documents (blank-line separated); need ≥ 4")
     else:
-        docs = D.world_documents(tok, num_stories, seed)
+        docs = D.world_documents(tok, num_stories, seed, story_weights)
     train_docs, val_docs = D.split_documents(docs)
     family = FAMILY[objective]
+    if init is not None:  # continue from a pre-trained model: its size and context win
+        model = load_pretrained(init)
+        if type(model).__name__.lower() != family:
+            raise ValueError(f"pretrain --init {init}: holds a {type(model).__name__}, but --objective "
+                             f"{objective} trains a {family.upper()}")
+        if model.config.vocab_size != tok.vocab_size:
+            raise ValueError(f"pretrain --init {init}: vocab_size {model.config.vocab_size} differs from the "
+                             f"tokenizer's {tok.vocab_size}")
+        max_len = model.config.max_len
     pairs = val_pairs = None
     if mix_tasks and family != "bert":
         pairs = D.encode_pairs(tok, text2text_examples(num_task_examples, seed=seed), max_len)
         val_pairs = D.encode_pairs(tok, text2text_examples(64, seed=seed + 10_000), max_len)
     B.manual_seed(seed)
-    model = build_model(objective, tok, d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_len=max_len,
-                        d_ff=d_ff)
+    if init is None:
+        model = build_model(objective, tok, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                            max_len=max_len, d_ff=d_ff)
     get_train = batch_fn(objective, train_docs, sp, tok.vocab_size, batch_size, max_len, pairs, mix_tasks)
     get_val = batch_fn(objective, val_docs, sp, tok.vocab_size, batch_size, max_len)
     loss_fn = bert_loss if family == "bert" else seq2seq_loss
@@ -242,7 +256,8 @@ def pretrain(objective: str, tok, *, steps: int, d_model: int = 64, n_layers: in
     extra = {"objective": objective, "history": {k: history[k] for k in ("step", "loss")},
              "evaluation": evaluation, "train_seconds": seconds,
              "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("extra", "progress")},
-             "recipe": {"num_stories": num_stories, "mix_tasks": mix_tasks, "seed": seed}}
+             "recipe": {"num_stories": num_stories, "mix_tasks": mix_tasks, "seed": seed,
+                        "story_weights": story_weights, "init": str(init) if init else None}}
     if out_dir:
         model.save_checkpoint(Path(out_dir) / "model.npz", extra=extra)
     if export:
@@ -253,6 +268,7 @@ def pretrain(objective: str, tok, *, steps: int, d_model: int = 64, n_layers: in
 
 def main(args) -> int:
     """``minillm pretrain --objective mlm|nsp|mlm+nsp|denoise|span``."""
+    from minillm.data.world import story_weights
     from minillm.tokenizer import BPETokenizer, load_default_tokenizer
 
     tok = BPETokenizer.load(args.tokenizer) if args.tokenizer else load_default_tokenizer()
@@ -262,7 +278,9 @@ def main(args) -> int:
                    lr=args.lr, warmup=args.warmup, num_stories=args.num_stories, seed=args.seed,
                    mix_tasks=getattr(args, "mix_tasks", 0.0), out_dir=args.out, export=args.export,
                    eval_every=args.eval_every if args.eval_every < args.steps else 0,
-                   progress=not args.no_progress, data=args.data)
+                   progress=not args.no_progress, data=args.data,
+                   story_weights=story_weights(getattr(args, "story_weights", None)),
+                   init=getattr(args, "init", None))
     model, h = res["model"], res["history"]
     print(f"{type(model).__name__} {model.num_parameters():,} parameters, objective {args.objective}, "
           f"{args.steps} steps in {res['seconds']:.1f} s; final train loss "

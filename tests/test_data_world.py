@@ -139,3 +139,32 @@ def test_tool_call_examples_are_openai_shaped_json():
         assert call["name"] in {"get_weather", "calculator", "web_search"}
         if call["name"] == "get_weather":
             assert call["arguments"]["location"] in WEATHER
+
+
+# ------------------------------------------------------------------------------------ story mixes
+def test_explicit_default_weights_reproduce_the_default_stream():
+    """``weights`` only re-mixes: naming the default mix (review 0) gives the very stories every shipped model
+    saw, so adding story kinds never changed the default corpus."""
+    default = {kind: w for kind, (_, w) in zip(world.STORY_KINDS, world.STORY_TYPES)}
+    assert generate_corpus(300, 4, world.story_weights(default)) == generate_corpus(300, 4)
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_weighted_mix_gives_only_the_named_kinds(seed):
+    stories = generate_corpus(40, seed, world.story_weights("review=1")).split("\n\n")
+    for s in stories:  # every one a review: an opinion whose mood sentence does not give the mood away
+        adj = re.search(r"The [a-z ]+ was (not )?([a-z]+)\.", s)
+        mood = re.search(r"So (he|she|they) (was|were) ([a-z]+)\.$", s)
+        assert adj and mood and "smiled" not in s, s
+        positive = (ADJECTIVES[adj.group(2)] > 0) != bool(adj.group(1))
+        assert (mood.group(3) in ("happy", "glad")) == positive, s
+    counting = generate_corpus(40, seed, world.story_weights("counting=2,review=0")).split("\n\n")
+    assert not any(re.search(r"So (he|she|they) (was|were) (glad|happy|sad|upset)", s) for s in counting)
+
+
+@pytest.mark.parametrize("spec,match", [("sunny=1", "unknown story kind 'sunny'"),
+                                        ("review=x", "is not a number"), ("review=-1", "must be >= 0"),
+                                        ("review=0,opinion=0", "weight 0")])
+def test_story_weights_errors_name_the_problem(spec, match):
+    with pytest.raises(ValueError, match=match):
+        world.story_weights(spec)

@@ -113,3 +113,29 @@ def test_shipped_checkpoints(path, kind):
     ev = load(path)["evaluation"]  # recorded when it was made; lessons re-measure
     if kind == "BERT":
         assert ev["mlm_acc"] > 0.5 and ev["nsp_acc"] > 0.7
+
+
+def test_pretrain_init_continues_from_a_checkpoint_on_a_story_mix(tmp_path, capsys):
+    first, second = tmp_path / "a.npz", tmp_path / "b.npz"
+    main(["pretrain", "--objective", "mlm+nsp", "--out", str(tmp_path / "a"), "--export", str(first), *TINY])
+    a = load_pretrained(first)
+    # --d-model 64 is ignored: with --init the checkpoint's own size wins
+    assert main(["pretrain", "--objective", "mlm+nsp", "--init", str(first), "--story-weights", "review=1",
+                 "--out", str(tmp_path / "b"), "--export", str(second), "--steps", "6", "--d-model", "64",
+                 "--no-progress", "--num-stories", "40", "--batch-size", "4", "--warmup", "1"]) == 0
+    b = load_pretrained(second)
+    assert b.config == a.config
+    changed = [n for n, p in a.state_dict().items() if not np.allclose(p, b.state_dict()[n])]
+    assert changed  # it trained, from a's weights
+    with pytest.raises(ValueError, match="holds a BERT, but --objective span trains a T5"):
+        main(["pretrain", "--objective", "span", "--init", str(first), *TINY])
+    with pytest.raises(ValueError, match="unknown story kind"):
+        main(["pretrain", "--objective", "mlm", "--story-weights", "reviews=1", *TINY])
+
+
+def test_finetune_classify_linear_head_cli(tmp_path, capsys):
+    ckpt = tmp_path / "bert.npz"
+    main(["pretrain", "--objective", "mlm", "--out", str(tmp_path), "--export", str(ckpt), *TINY])
+    assert main(["finetune-classify", "--ckpt", str(ckpt), "--labels", "8", "--steps", "2", "--n-test", "10",
+                 "--head", "linear"]) == 0
+    assert "head linear" in capsys.readouterr().out

@@ -67,6 +67,46 @@ def test_gradcheck_classifier(pooling):
                       name=f"classifier ({pooling})")
 
 
+def test_gradcheck_verbalizer_classifier():
+    """PET head: each label's logit is the logsumexp of its words' MLM logits at the [MASK]."""
+    MASK = 12
+    model = BERTForSequenceClassification(BERTConfig(vocab_size=V, max_len=5, d_model=4, n_heads=2, d_ff=6,
+                                                     n_layers=1, pad_id=PAD), num_labels=2, pooling="mask",
+                                          mask_id=MASK, verbalizer=[[3, 4], [7]])
+    float64(model)
+    assert not any(n.startswith("classifier") for n, _ in model.named_parameters())  # no new weights
+    ids = np.array([[2, 3, MASK, PAD], [5, MASK, 7, 8]])
+    minillm.gradcheck(lambda *ps: model(ids, labels=np.array([1, 0]))[1], *model.parameters(),
+                      name="classifier (verbalizer)")
+
+
+@settings(deadline=None, max_examples=10)
+@given(st.integers(0, 2**31 - 1))
+def test_verbalizer_logits_are_the_mlm_logits_of_its_words(seed):
+    MASK = 12
+    minillm.manual_seed(seed)
+    cfg = BERTConfig(vocab_size=V, max_len=8, d_model=8, n_heads=2, n_layers=1, pad_id=PAD)
+    verb = [[3, 4], [7], [5, 6, 9]]
+    model = BERTForSequenceClassification(cfg, 3, "mask", MASK, verb).eval()
+    ids = np.random.default_rng(seed).integers(2, V, size=(3, 6))
+    ids[ids == MASK] = 2
+    ids[np.arange(3), np.array([1, 5, 3])] = MASK
+    logits = model(ids)[0].numpy()
+    vocab = model.bert.mlm_logits(model.bert.features(ids)).numpy()[np.arange(3), [1, 5, 3]]  # (B, V)
+    want = np.stack([np.log(np.exp(vocab[:, w]).sum(-1)) for w in verb], -1)
+    np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-5)
+
+
+def test_verbalizer_is_checked():
+    cfg = BERTConfig(vocab_size=V, max_len=8, d_model=8, n_heads=2, n_layers=1, pad_id=PAD)
+    with pytest.raises(ValueError, match="one non-empty list of token ids per label"):
+        BERTForSequenceClassification(cfg, 2, "mask", 12, [[3]])
+    with pytest.raises(ValueError, match="needs pooling='mask'"):
+        BERTForSequenceClassification(cfg, 2, "cls", 12, [[3], [4]])
+    with pytest.raises(ValueError, match=f"outside the vocabulary \\[0, {V}\\)"):
+        BERTForSequenceClassification(cfg, 2, "mask", 12, [[3], [V + 5]])
+
+
 def test_classifier_pooling_reads_the_right_positions():
     MASK = 12
     cfg = BERTConfig(vocab_size=V, max_len=8, d_model=8, n_heads=2, n_layers=1, pad_id=PAD)

@@ -53,11 +53,13 @@ def tokenize_documents(tokenizer, texts: list[str]) -> list[list[list[int]]]:
     return [[tokenizer.encode(s) for s in split_sentences(t)] for t in texts]
 
 
-def world_documents(tokenizer, num_stories: int, seed: int = 0) -> list[list[list[int]]]:
-    """The world's stories as tokenized documents of sentences."""
+def world_documents(tokenizer, num_stories: int, seed: int = 0,
+                    weights: dict[str, float] | None = None) -> list[list[list[int]]]:
+    """The world's stories as tokenized documents of sentences (``weights``: the mix of story kinds,
+    see ``minillm.data.world.iter_stories``)."""
     from minillm.data.world import generate_corpus
 
-    return tokenize_documents(tokenizer, generate_corpus(num_stories, seed).split("\n\n"))
+    return tokenize_documents(tokenizer, generate_corpus(num_stories, seed, weights).split("\n\n"))
 
 
 def split_documents(docs: list, val_fraction: float = 0.05) -> tuple[list, list]:

@@ -5,7 +5,8 @@ and half of them negate it ("The cake was not tasty."). Each adjective and the w
 often under both labels, so no single word predicts the label: a bag-of-words classifier stays near chance
 (``bag_of_words_accuracy`` measures it) and a model has to read "not" together with the adjective.
 The pre-training stories contain the same construction ("The egg was not stale. So she was glad."), which
-is what a pre-trained encoder can transfer.
+is what a pre-trained encoder can transfer: ``cloze_prompt`` ends a review with "So she was[MASK]." and
+``VERBALIZER`` names the mood words a masked-LM head would put there for each label.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy
 from minillm.data.world import ADJECTIVES, NAMES, OBJECTS, OPINION_ADJECTIVES, PLACES, PRONOUNS
 
 LABELS = ("negative", "positive")  # label id 0, 1
+VERBALIZER = ((" sad", " upset"), (" glad", " happy"))  # the stories' mood words per label, for a cloze head
 
 _TEMPLATES = [
     "{name} {verb} {a_obj} at the {place}. The {obj} was {neg}{adj}.",

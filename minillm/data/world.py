@@ -218,8 +218,12 @@ def _story_weather(rng: random.Random) -> str:
             f"Because it was {weather_kind(town)}, {p['subject']} {act}.")
 
 
-def _story_opinion(rng: random.Random) -> str:
-    """An opinion about an object, possibly negated; the character's mood follows the sentiment."""
+def _story_opinion(rng: random.Random, smiled: bool = True) -> str:
+    """An opinion about an object, possibly negated; the character's mood follows the sentiment.
+
+    In the default corpus a happy mood goes on "and smiled", which gives it away: a masked mood word is
+    predictable from what follows it, so masked-LM pre-training need not learn the sentiment itself.
+    ``smiled=False`` (the "review" kind) ends every mood the same way, "So she was glad." / "sad."."""
     name = rng.choice(list(CHARACTERS))
     p = PRONOUNS[NAMES[name]]
     place = rng.choice([pl for pl, v in PLACES.items() if v["kind"] in ("shop", "indoor")])
@@ -229,7 +233,8 @@ def _story_opinion(rng: random.Random) -> str:
     adj = rng.choice(OPINION_ADJECTIVES["food" if food else "thing"])
     negated = rng.random() < 0.35
     sentiment = ADJECTIVES[adj] * (-1 if negated else 1)
-    mood = (rng.choice(["happy", "glad"]) + " and smiled") if sentiment > 0 else rng.choice(["sad", "upset"])
+    mood = (rng.choice(["happy", "glad"]) + (" and smiled" if smiled else "")) if sentiment > 0 else \
+        rng.choice(["sad", "upset"])
     return (f"{name} {verb} {_article(obj)} at the {place}. The {obj} was {'not ' if negated else ''}{adj}. "
             f"So {p['subject']} was {mood}.")
 
@@ -251,21 +256,59 @@ def _story_meeting(rng: random.Random) -> str:
 
 
 STORY_TYPES = [(_story_counting, 0.45), (_story_weather, 0.2), (_story_opinion, 0.2), (_story_meeting, 0.15)]
+STORY_KINDS = ("counting", "weather", "opinion", "meeting", "review")  # STORY_TYPES' names, then extras
 
 
-def iter_stories(seed: int = 0) -> Iterator[str]:
-    """An endless, deterministic stream of stories (the same seed always gives the same stream)."""
+def _story_review(rng: random.Random) -> str:
+    """An opinion story whose last sentence does not give the mood away (weight 0 in the default mix)."""
+    return _story_opinion(rng, smiled=False)
+
+
+_STORY_FNS = [fn for fn, _ in STORY_TYPES] + [_story_review]
+
+
+def story_weights(spec: str | dict[str, float] | None) -> dict[str, float] | None:
+    """Parse ``"opinion=0.6,counting=0.2"`` (or a dict) into story-kind weights; kinds not named get 0.
+    ``None`` or ``""`` means the default mix (``STORY_TYPES``)."""
+    if not spec:
+        return None
+    items = spec.items() if isinstance(spec, dict) else (
+        part.split("=", 1) if "=" in part else (part, "") for part in spec.split(",") if part.strip())
+    out = {}
+    for kind, w in items:
+        kind = str(kind).strip()
+        if kind not in STORY_KINDS:
+            raise ValueError(f"story weights: unknown story kind {kind!r}; choose from {list(STORY_KINDS)}")
+        try:
+            out[kind] = float(w)
+        except ValueError:
+            raise ValueError(f"story weights: {kind}={w!r} is not a number (write e.g. {kind}=0.5)") from None
+        if not out[kind] >= 0:
+            raise ValueError(f"story weights: {kind}={out[kind]} must be >= 0")
+    if sum(out.values()) <= 0:
+        raise ValueError(f"story weights: {spec!r} gives every story kind weight 0")
+    return out
+
+
+def iter_stories(seed: int = 0, weights: dict[str, float] | None = None) -> Iterator[str]:
+    """An endless, deterministic stream of stories (the same seed always gives the same stream).
+
+    ``weights`` (kind -> weight, see ``story_weights``) changes the mix of story kinds, e.g. a corpus rich
+    in opinions for domain-adaptive pre-training; ``None`` is the default mix every shipped model saw."""
     rng = random.Random(seed)
-    fns, weights = zip(*STORY_TYPES)
+    if weights is None:
+        fns, w = zip(*STORY_TYPES)
+    else:
+        fns, w = _STORY_FNS, [weights.get(k, 0.0) for k in STORY_KINDS]
     while True:
-        yield rng.choices(fns, weights)[0](rng)
+        yield rng.choices(fns, w)[0](rng)
 
 
-def generate_corpus(num_stories: int, seed: int = 0) -> str:
-    """``num_stories`` stories separated by blank lines (``"\\n\\n"``)."""
+def generate_corpus(num_stories: int, seed: int = 0, weights: dict[str, float] | None = None) -> str:
+    """``num_stories`` stories separated by blank lines (``"\\n\\n"``); ``weights`` as in ``iter_stories``."""
     if num_stories < 0:
         raise ValueError(f"generate_corpus: num_stories must be >= 0, got {num_stories}")
-    it = iter_stories(seed)
+    it = iter_stories(seed, weights)
     return "\n\n".join(next(it) for _ in range(num_stories))
 
 

@@ -18,7 +18,7 @@ from minillm import backend as B
 from minillm import functional as F
 from minillm import nn
 from minillm.checkpoint import CheckpointError, load, save
-from minillm.tensor import Tensor
+from minillm.tensor import Tensor, concat
 
 
 @dataclass
@@ -196,29 +196,43 @@ class BERTForSequenceClassification(nn.Module):
     ``"mask"``, the hidden state at the input's first ``[MASK]`` (``mask_id``): the input ends with a cloze
     template such as "So she was [MASK]." and the head reads what MLM pre-training taught that position
     to hold (cloze-style fine-tuning, Schick & Schütze 2021).
+    ``verbalizer`` (with ``pooling="mask"``): one list of token ids per label, e.g. [[" sad", " upset"],
+    [" glad", " happy"]] as ids. There is then no new classifier at all: label c's logit is the logsumexp
+    of the MLM head's logits for its words at the [MASK] (PET), so a pre-trained model starts from what
+    pre-training taught it to predict there, and fine-tuning adjusts that.
     ``forward(ids, ..., labels=None)`` → (logits (B, num_labels), loss or None). ``from_pretrained`` starts
-    the encoder from a BERT checkpoint; the classifier always starts fresh.
+    the encoder (and MLM head) from a BERT checkpoint; a classifier always starts fresh.
     """
 
     def __init__(self, config: BERTConfig, num_labels: int = 2, pooling: str = "cls",
-                 mask_id: int | None = None):
+                 mask_id: int | None = None, verbalizer: list[list[int]] | None = None):
         super().__init__()
         if pooling not in ("cls", "mean", "mask"):
             raise ValueError(f"BERTForSequenceClassification: pooling must be 'cls', 'mean' or 'mask', "
                              f"got {pooling!r}")
         if pooling == "mask" and mask_id is None:
             raise ValueError("BERTForSequenceClassification: pooling='mask' needs mask_id (the [MASK] id)")
+        if verbalizer is not None:
+            if pooling != "mask" or len(verbalizer) != num_labels or not all(verbalizer):
+                raise ValueError(f"BERTForSequenceClassification: a verbalizer needs pooling='mask' and one "
+                                 f"non-empty list of token ids per label ({num_labels}), got {verbalizer!r}")
+            bad = [t for ws in verbalizer for t in ws if not 0 <= int(t) < config.vocab_size]
+            if bad:
+                raise ValueError(f"BERTForSequenceClassification: verbalizer ids {bad} are outside the "
+                                 f"vocabulary [0, {config.vocab_size})")
         self.config, self.num_labels, self.pooling, self.mask_id = config, num_labels, pooling, mask_id
+        self.verbalizer = None if verbalizer is None else [[int(t) for t in ws] for ws in verbalizer]
         self.bert = BERT(config)
         self.drop = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.d_model, num_labels)
-        init_weights(self.classifier, config.n_layers)
+        if self.verbalizer is None:
+            self.classifier = nn.Linear(config.d_model, num_labels)
+            init_weights(self.classifier, config.n_layers)
 
     @classmethod
-    def from_pretrained(cls, path, num_labels: int = 2, pooling: str = "cls",
-                        mask_id: int | None = None) -> BERTForSequenceClassification:
+    def from_pretrained(cls, path, num_labels: int = 2, pooling: str = "cls", mask_id: int | None = None,
+                        verbalizer: list[list[int]] | None = None) -> BERTForSequenceClassification:
         config, state = read_checkpoint(path, BERTConfig, "bert")
-        model = cls(config, num_labels, pooling, mask_id)
+        model = cls(config, num_labels, pooling, mask_id, verbalizer)
         model.bert.load_state_dict(state)
         return model
 
@@ -240,7 +254,12 @@ class BERTForSequenceClassification(nn.Module):
             real = B.xp.ones(ids.shape, dtype=h.dtype) if pad is None else (~pad).astype(h.dtype)  # (B, T)
             w = Tensor((real / real.sum(axis=1, keepdims=True))[:, :, None])  # (B, T, 1)
             pooled = (h * w).sum(axis=1)  # (B, C)
-        logits = self.classifier(self.drop(pooled))  # (B, num_labels)
+        if self.verbalizer is None:
+            logits = self.classifier(self.drop(pooled))  # (B, num_labels)
+        else:  # PET: each label's words' MLM logits at the [MASK], pooled by logsumexp
+            vocab = self.bert.mlm_logits(self.drop(pooled))  # (B, V)
+            logits = concat([F.logsumexp(vocab[:, ws], axis=-1, keepdims=True) for ws in self.verbalizer],
+                            axis=-1)  # (B, num_labels)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits, B.xp.asarray(getattr(labels, "data", labels)).reshape(-1))
