@@ -22,7 +22,9 @@ from minillm import chat
 from minillm.train import TrainConfig, train
 
 TASKS = ("code", "cot", "direct", "cot+direct", "tools", "mix")
-SHIPPED_SFT = Path(__file__).resolve().parent / "checkpoints" / "gpt_sft.npz"
+SHIPPED_SFT = Path(__file__).resolve().parent / "checkpoints" / "gpt_sft.npz"        # mix: tools, code, CoT
+SHIPPED_SFT_CODE = SHIPPED_SFT.with_name("gpt_sft_code.npz")   # --task code specialist (lesson 08)
+SHIPPED_SFT_COT = SHIPPED_SFT.with_name("gpt_sft_cot.npz")     # --task cot+direct specialist (lesson 09)
 
 
 # ------------------------------------------------------------------------------------------- data

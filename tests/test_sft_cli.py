@@ -108,3 +108,23 @@ def test_heldout_word_problems_are_unseen_in_either_rendering():
     assert {ex["task"] for ex in train} == {"cot", "direct"}
     leaked = [ex for ex in train if ex["meta"]["question"] in held]
     assert leaked and all(_prompt_key(ex) in held for ex in leaked)  # run_sft drops these by _prompt_key
+
+
+def test_shipped_specialists_answer_held_out_prompts():
+    """gpt_sft_code writes a passing function, gpt_sft_cot a right 4-step rationale, on prompts held out
+    from their training runs (the full figures are in lessons 08 and 09)."""
+    from minillm import chat
+    from minillm.data.word_problems import extract_answer
+    from minillm.sandbox import run_tests
+    from minillm.sft import SHIPPED_SFT_CODE, SHIPPED_SFT_COT, heldout_for, load_model
+
+    for path, task in [(SHIPPED_SFT_CODE, "code"), (SHIPPED_SFT_COT, "cot+direct")]:
+        assert minillm.load(path)["sft"]["task"] == task
+    model, tok = load_model(SHIPPED_SFT_CODE)
+    gen = chat.make_generate_fn(model, tok, max_new_tokens=None)
+    ex = heldout_for("code", 40)["code"][0]
+    assert run_tests(gen(ex["messages"][:1]), ex["meta"]["entry_point"], ex["meta"]["tests"]).ok
+    model, tok = load_model(SHIPPED_SFT_COT)
+    gen = chat.make_generate_fn(model, tok, max_new_tokens=None)
+    ex = next(e for e in heldout_for("cot+direct", 200)["cot"] if e["meta"]["steps"] == 4)
+    assert extract_answer(gen(ex["messages"][:1])) == ex["meta"]["answer"]
