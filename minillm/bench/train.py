@@ -8,17 +8,17 @@ more than absolute times):
   4 heads, context 128, batch 16, and its model FLOP/s = (6·N + 12·L·T·d) per token (Kaplan et al. 2020,
   PaLM appendix B; N = parameters used in matmuls, i.e. all but the position table), as a fraction of the
   matmul rate (MFU);
-* if PyTorch happens to be installed, the same architecture in PyTorch eager on the CPU (never a
-  dependency; as many threads as OPENBLAS_NUM_THREADS/OMP_NUM_THREADS when set), timed in turn with ours
-  so both see the same load, and the ratio;
+* optionally a reference implementation of the same step timed in turn with ours, so both see the same
+  load, and the ratio: ``python tests/torch_reference.py`` passes PyTorch eager this way (torch is never
+  imported by the package, and never a dependency);
 * generation of 256 new tokens with and without the KV cache on the shipped model (same tokens).
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy
 
@@ -69,63 +69,6 @@ def minillm_step(cfg: dict):
     return step, model.num_parameters() - model.pos_emb.weight.size
 
 
-def torch_step(cfg: dict):
-    """One training step of the same GPT in PyTorch eager (CPU), or None when torch is not installed."""
-    try:
-        import torch
-        import torch.nn as tnn
-        import torch.nn.functional as tF
-    except ImportError:
-        return None
-
-    d, nh, L, V, T = cfg["d_model"], cfg["n_heads"], cfg["n_layers"], cfg["vocab_size"], cfg["context_length"]
-
-    class Block(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.ln_2 = tnn.LayerNorm(d), tnn.LayerNorm(d)
-            self.q, self.k, self.v, self.o = (tnn.Linear(d, d) for _ in range(4))
-            self.up, self.down = tnn.Linear(d, 4 * d), tnn.Linear(4 * d, d)
-
-        def forward(self, x):
-            Bz, Tz, C = x.shape
-            h = self.ln_1(x)
-            q, k, v = (p(h).view(Bz, Tz, nh, C // nh).transpose(1, 2) for p in (self.q, self.k, self.v))
-            a = tF.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(Bz, Tz, C)
-            x = x + self.o(a)
-            return x + self.down(tF.gelu(self.up(self.ln_2(x)), approximate="tanh"))
-
-    class TorchGPT(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok, self.pos = tnn.Embedding(V, d), tnn.Embedding(T, d)
-            self.blocks = tnn.ModuleList(Block() for _ in range(L))
-            self.ln_f = tnn.LayerNorm(d)
-
-        def forward(self, ids, targets):
-            x = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
-            for b in self.blocks:
-                x = b(x)
-            logits = self.ln_f(x) @ self.tok.weight.T
-            return tF.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
-
-    threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    if threads:  # same thread count as our BLAS, for a like-for-like comparison
-        torch.set_num_threads(int(threads))
-    torch.manual_seed(0)
-    model = TorchGPT()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(0, V, (cfg["batch_size"], T + 1))
-    x, y = ids[:, :-1], ids[:, 1:]
-
-    def step():
-        loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
-
-
 def interleaved_medians(steps: list, repeats: int) -> list[float]:
     """Median seconds of each step function, timed in turn (A, B, A, B, ...) so both see the same load."""
     for step in steps:
@@ -162,7 +105,9 @@ def kv_cache_speedup(new_tokens: int = 256) -> dict:
             "new_tokens": new_tokens, "context_length": model.config.context_length}
 
 
-def main(args) -> None:
+def main(args, reference: tuple[str, Callable[[dict], Callable[[], None]]] | None = None) -> None:
+    """Print the benchmark. ``reference``: (label, make_step) where ``make_step(cfg)`` returns a function
+    running one training step of the same GPT in another implementation, timed side by side with ours."""
     quick = bool(getattr(args, "quick", False))
     repeats = 2 if quick else 7
     cfg = dict(BENCH)
@@ -171,7 +116,7 @@ def main(args) -> None:
     tokens = cfg["batch_size"] * cfg["context_length"]
     rate = matmul_rate(512 if quick else 1024)
     ours, n_matmul = minillm_step(cfg)
-    theirs = torch_step(cfg)
+    theirs = reference[1](cfg) if reference else None
     medians = interleaved_medians([ours] + ([theirs] if theirs else []), repeats)
     t_ours, t_torch = medians[0], (medians[1] if theirs else None)
     rate = max(rate, matmul_rate(512 if quick else 1024))  # best of before and after: the machine is shared
@@ -183,13 +128,10 @@ def main(args) -> None:
     print(f"  minillm training step                {t_ours * 1e3:8.1f} ms  {tokens / t_ours:9,.0f} tokens/s  "
           f"{flops / t_ours / 1e9:6.1f} GFLOP/s = {flops / t_ours / rate:5.1%} of matmul rate (MFU)")
     if t_torch is None:
-        print("  PyTorch eager                        not installed (optional: pip install torch)")
+        print("  side by side with PyTorch eager: python tests/torch_reference.py (optional, needs torch)")
     else:
-        import torch
-
-        print(f"  PyTorch {torch.__version__} eager (CPU, {torch.get_num_threads()} threads) "
-              f"{t_torch * 1e3:8.1f} ms  {tokens / t_torch:9,.0f} tokens/s")
-        print(f"  minillm / PyTorch speed ratio        {t_torch / t_ours:8.2f}x  (> 1: minillm is faster)")
+        print(f"  {reference[0]:<36} {t_torch * 1e3:8.1f} ms  {tokens / t_torch:9,.0f} tokens/s")
+        print(f"  minillm / reference speed ratio      {t_torch / t_ours:8.2f}x  (> 1: minillm is faster)")
     kv = kv_cache_speedup(32 if quick else 256)
     print(f"  generation, {kv['new_tokens']} new tokens ({kv['model']}, context {kv['context_length']}): "
           f"uncached {kv['uncached_s']:.2f} s, KV cache {kv['cached_s']:.2f} s -> "
