@@ -290,19 +290,23 @@ def causal_mask(Tq: int, Tk: int | None = None):
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_causal: bool = False,
                                  scale: float | None = None, bias: Tensor | None = None,
-                                 return_weights: bool = False):
+                                 return_weights: bool = False, dropout_p: float = 0.0):
     """softmax(q kᵀ · scale + bias, masked) v over the last two axes, with a fused backward.
 
     q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv). ``mask`` is boolean, broadcastable to
     (..., Tq, Tk), True where attention is allowed (PyTorch's convention). ``is_causal`` adds the causal
     mask aligned to the end (so a query block can attend to a longer cached past). ``bias`` is an additive
     score bias (T5's relative positions) that also receives a gradient. With ``return_weights`` the
-    attention probabilities come back too, for plotting.
+    attention probabilities come back too, for plotting. ``dropout_p`` drops attention probabilities
+    (inverted dropout, mask drawn from ``minillm.manual_seed``'s generator) before they weigh v, as
+    PyTorch's ``dropout_p``; pass 0 outside training.
     """
     q, k, v = _t(q), _t(k), _t(v)
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} don't fit "
                          "(need q[-1] == k[-1] and k[-2] == v[-2])")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     Tq, Tk = q.shape[-2], k.shape[-2]
@@ -312,7 +316,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_
         allowed = cm if allowed is None else (allowed & cm)
 
     fused = getattr(B, "fused_attention", None)
-    if (fused is not None and bias is None and not return_weights
+    if (fused is not None and bias is None and not return_weights and dropout_p == 0.0
             and fused.supports(q.data, k.data, v.data, mask, is_causal)):
         o, ctx = fused.forward(q.data, k.data, v.data, _raw(mask), is_causal, scale)
         out = Tensor._result(o, (q, k, v), "attention")
@@ -334,15 +338,22 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_
     s -= s.max(axis=-1, keepdims=True)
     p = B.xp.exp(s, out=s)
     p /= p.sum(axis=-1, keepdims=True)
-    o = B.xp.matmul(p, v.data)  # (..., Tq, dv)
+    keep = None
+    if dropout_p > 0.0:  # P̃ = P ⊙ keep, keep ∈ {0, 1/(1-p)}
+        keep = (B.rand(*p.shape, dtype=p.dtype) >= dropout_p).astype(p.dtype) / (1.0 - dropout_p)
+    pd = p if keep is None else p * keep
+    o = B.xp.matmul(pd, v.data)  # (..., Tq, dv)
     parents = (q, k, v) + ((bias,) if isinstance(bias, Tensor) else ())
     out = Tensor._result(o, parents, "attention")
     if out.requires_grad and is_grad_enabled():
         def backward(g):
-            # O = P V:  dV = Pᵀ dO,  dP = dO Vᵀ;  P = softmax(S):  dS = P ⊙ (dP - Σ dP⊙P);  S = q kᵀ·scale
+            # O = P̃ V:  dV = P̃ᵀ dO,  dP̃ = dO Vᵀ,  dP = dP̃ ⊙ keep;
+            # P = softmax(S):  dS = P ⊙ (dP - Σ dP⊙P);  S = q kᵀ·scale
             if v.requires_grad:
-                v._accum(B.matmul_tn(p, g))
+                v._accum(B.matmul_tn(pd, g))
             ds = B.matmul_nt(g, v.data)  # dP, turned into dS in place
+            if keep is not None:
+                ds *= keep
             ds -= (ds * p).sum(axis=-1, keepdims=True)
             ds *= p
             if allowed is not None:  # masked scores are constants (a fully masked row has p > 0 there)
@@ -359,5 +370,5 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_
                 bias._accum(ds)
         out._backward = backward
     if return_weights:
-        return out, Tensor(p)
+        return out, Tensor(pd)
     return out

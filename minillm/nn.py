@@ -341,7 +341,9 @@ class MultiHeadAttention(Module):
 
     Queries come from ``x``; keys and values from ``context`` (cross-attention) or ``x`` (self-attention).
     The projections are named ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` (what LoRA targets).
-    ``scale`` defaults to 1/√head_dim (T5 sets it to 1.0).
+    ``scale`` defaults to 1/√head_dim (T5 sets it to 1.0). ``dropout`` applies in training to the attention
+    probabilities (``attn_dropout``, as PyTorch's ``dropout``) and to the output (``dropout``, the residual
+    dropout of GPT-2 / nanoGPT).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -355,7 +357,8 @@ class MultiHeadAttention(Module):
         self.k_proj = Linear(d_model, d_model, bias=bias)
         self.v_proj = Linear(d_model, d_model, bias=bias)
         self.out_proj = Linear(d_model, d_model, bias=bias)
-        self.dropout = Dropout(dropout)
+        self.attn_dropout = Dropout(dropout)  # on the attention probabilities
+        self.dropout = Dropout(dropout)       # on the output, before the residual add
 
     def _heads(self, t: Tensor) -> Tensor:
         Bsz, T, _ = t.shape
@@ -404,8 +407,10 @@ class MultiHeadAttention(Module):
                                  f"expected (batch, keys) = ({Bsz}, {Tk})")
             keep = ~kpm[:, None, None, :]  # (B, 1, 1, Tk)
             allowed = keep if allowed is None else (allowed & keep)
+        p_drop = self.attn_dropout.p if self.training else 0.0
         res = F.scaled_dot_product_attention(q, k, v, mask=allowed, is_causal=is_causal, scale=self.scale,
-                                             bias=position_bias, return_weights=need_weights)
+                                             bias=position_bias, return_weights=need_weights,
+                                             dropout_p=p_drop)
         y, weights = res if need_weights else (res, None)
         y = y.transpose(1, 2).reshape(Bsz, Tq, C)  # (B, Tq, C): heads side by side
         y = self.dropout(self.out_proj(y))

@@ -266,6 +266,11 @@ def attention_fn(q, k, v, bias=None, **kw):
     return F.scaled_dot_product_attention(q, k, v, bias=bias, **kw)
 
 
+def attention_dropout_fn(q, k, v, bias=None, p=0.3, seed=0, **kw):
+    minillm.manual_seed(seed)  # the same dropped probabilities on every call
+    return F.scaled_dot_product_attention(q, k, v, bias=bias, dropout_p=p, **kw)
+
+
 def layer_fn(x, *params, layer):
     return layer(x)
 
@@ -350,6 +355,9 @@ OPS = [
                                                                   st.integers(0, 2**31)).map(
         lambda ps: (ak[0], {"p": ps[0], "seed": ps[1]})))),
     Op("F.scaled_dot_product_attention", attention_fn, attention_input()),
+    Op("F.scaled_dot_product_attention (dropout_p)", attention_dropout_fn, attention_input().flatmap(
+        lambda ak: st.tuples(st.sampled_from([0.2, 0.5]), st.integers(0, 2**31)).map(
+            lambda ps: (ak[0], {**ak[1], "p": ps[0], "seed": ps[1]})))),
     Op("F.linear", lambda x, w, b: F.linear(x, w, b), linear_input()),
     Op("F.linear_no_bias", lambda x, w: F.linear(x, w), linear_input(bias=False)),
     # ---- layers (their parameters are checked inputs too)

@@ -146,3 +146,38 @@ def test_bad_inputs_are_reported():
         nn.TransformerBlock(8, 2, cross_attention=True)(minillm.randn(1, 2, 8))
     with pytest.raises(ValueError, match="norm must be"):
         nn.TransformerBlock(8, 2, norm="batchnorm")
+
+
+# ------------------------------------------------------------------------------------ attention dropout
+@settings(deadline=None, max_examples=15)
+@given(st.sampled_from([0.1, 0.3, 0.6]), st.integers(0, 2**31 - 1))
+def test_attention_dropout_drops_probabilities_and_rescales(p, seed):
+    """dropout_p zeroes attention probabilities at rate p, scales the rest by 1/(1-p), and the output is
+    exactly those weights times v."""
+    from minillm import functional as F
+
+    rng = np.random.default_rng(seed)
+    q, k, v = (Tensor(rng.normal(size=(2, 3, 40, 8))) for _ in range(3))
+    ref = F.scaled_dot_product_attention(q, k, v, return_weights=True)[1].numpy()
+    minillm.manual_seed(seed)
+    out, w = F.scaled_dot_product_attention(q, k, v, return_weights=True, dropout_p=p)
+    w = w.numpy()
+    kept = w != 0
+    np.testing.assert_allclose(w[kept], ref[kept] / (1 - p), rtol=1e-6)
+    assert abs((~kept).mean() - p) < 0.05
+    np.testing.assert_allclose(out.numpy(), w @ v.numpy(), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="dropout_p must be in"):
+        F.scaled_dot_product_attention(q, k, v, dropout_p=1.0)
+
+
+def test_multihead_attention_dropout_only_in_training():
+    minillm.manual_seed(0)
+    attn = nn.MultiHeadAttention(16, 4, dropout=0.5)
+    x = Tensor(np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32))
+    attn.eval()
+    a, b = attn(x).numpy(), attn(x).numpy()
+    np.testing.assert_array_equal(a, b)  # eval: deterministic, no dropout anywhere
+    attn.train()
+    c = attn(x, need_weights=True)[1].numpy()  # (B, nh, Tq, Tk) probabilities as used
+    assert (c == 0).any() and not np.allclose(c.sum(-1), 1.0)  # dropped rows no longer sum to 1
+    assert not np.allclose(attn(x).numpy(), a)
