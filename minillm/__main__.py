@@ -1,5 +1,5 @@
 import sys
 
-from minillm.cli import main
+from minillm.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``minillm`` subcommand; errors propagate (for scripts and tests). The ``minillm`` command
+    itself is ``console_main``."""
     args = build_parser().parse_args(argv)
     if args.backend:
         from minillm import backend
@@ -233,5 +235,33 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args) or 0)
 
 
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that report bad input (a file, an option, a checkpoint, a NaN loss), not a bug."""
+    from minillm.backend import BackendError
+    from minillm.checkpoint import CheckpointError
+    from minillm.nn import StateDictError
+    from minillm.train import TrainingError
+
+    return ValueError, OSError, CheckpointError, StateDictError, BackendError, TrainingError
+
+
+def console_main(argv: list[str] | None = None) -> int:
+    """The ``minillm`` command: ``main``, with bad input reported in one line on stderr and exit status 2
+    instead of a traceback (set ``MINILLM_TRACEBACK=1`` to see where it came from)."""
+    import os
+
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("minillm: interrupted", file=sys.stderr)
+        return 130
+    except _input_errors() as e:
+        if os.environ.get("MINILLM_TRACEBACK"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # StateDictError: no repr quotes
+        print(f"minillm: error: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -65,3 +65,31 @@ def test_pipeline_quick(tmp_path, capsys):
     assert "pre-training" in text and "val perplexity" in text and "all phases done" in text
     assert (tmp_path / "pretrain" / "model.npz").exists()
     assert np.isfinite(minillm.load(tmp_path / "pretrain" / "checkpoint.npz")["history"]["val_loss"]).all()
+
+
+# ------------------------------------------------------------------------------- the command's errors
+@pytest.mark.parametrize("argv,expect", [
+    (["pretrain", "--objective", "mlm", "--story-weights", "sunny=1"], "unknown story kind 'sunny'"),
+    (["generate", "--ckpt", "{tmp}/corrupt.npz"], "corrupt.npz"),
+    (["generate", "--ckpt", "{tmp}/missing.npz"], "does not exist"),
+    (["finetune-classify", "--ckpt", "{tmp}/corrupt.npz"], "corrupt.npz"),
+])
+def test_the_command_reports_bad_input_in_one_line(argv, expect, tmp_path):
+    """`minillm ...` (``python -m minillm``) turns bad input into one stderr line and exit status 2, never
+    a traceback; MINILLM_TRACEBACK=1 brings the traceback back."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    env.pop("MINILLM_TRACEBACK", None)
+    r = subprocess.run([sys.executable, "-m", "minillm", *argv], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.startswith("minillm: error: "), r.stderr
+    assert expect in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = subprocess.run([sys.executable, "-m", "minillm", *argv], capture_output=True, text=True,
+                       env={**env, "MINILLM_TRACEBACK": "1"}, timeout=120)
+    assert r.returncode == 1 and "Traceback" in r.stderr
