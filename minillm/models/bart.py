@@ -87,14 +87,21 @@ class BART(nn.Module):
             x = block(x, key_padding_mask=pad)
         return self.ln_enc(x), pad
 
-    def decode(self, decoder_input_ids, memory: Tensor, memory_pad=None) -> Tensor:
-        """Logits (B, Tt, V) for decoder inputs (B, Tt): causal self-attention + cross-attention to memory."""
+    def decode(self, decoder_input_ids, memory: Tensor, memory_pad=None, past_kv: list | None = None,
+               use_cache: bool = False):
+        """Logits (B, Tt, V) for decoder inputs (B, Tt): causal self-attention + cross-attention to memory.
+
+        ``past_kv`` (one (k, v) per decoder layer, from an earlier call with ``use_cache``) makes the
+        inputs continue a decoded prefix: a KV cache. With ``use_cache`` returns (logits, present_kv)."""
         c = self.config
         ids = as_ids(decoder_input_ids, c.vocab_size, c.max_len, "BART decoder")
-        x = self.drop(self.tok_emb(ids) + self.dec_pos_emb(B.xp.arange(ids.shape[1])))  # (B, Tt, C)
-        for block in self.decoder:
-            x = block(x, context=memory, context_key_padding_mask=memory_pad)
-        return self.lm_head(self.ln_dec(x))  # (B, Tt, V)
+        past = 0 if past_kv is None else int(past_kv[0][0].shape[2])
+        check_decoder_length(past, ids.shape[1], c.max_len, "BART")
+        pos = B.xp.arange(past, past + ids.shape[1])
+        x = self.drop(self.tok_emb(ids) + self.dec_pos_emb(pos))  # (B, Tt, C)
+        x, present = run_decoder(self.decoder, x, memory, memory_pad, past_kv, use_cache)
+        logits = self.lm_head(self.ln_dec(x))  # (B, Tt, V)
+        return (logits, present) if use_cache else logits
 
     def forward(self, input_ids, decoder_input_ids=None, labels=None, attention_mask=None):
         """(logits, loss). ``labels`` (B, Tt): the original text, -100 where no loss; decoder inputs default
@@ -111,10 +118,12 @@ class BART(nn.Module):
             loss = F.cross_entropy(logits, lab)
         return logits, loss
 
-    def generate(self, input_ids, max_new_tokens: int = 64, attention_mask=None) -> list[list[int]]:
+    def generate(self, input_ids, max_new_tokens: int = 64, attention_mask=None, use_cache: bool = True
+                 ) -> list[list[int]]:
         """Greedy decoding: one list of ids per input row, without the start token, stopping at eos
-        (not included). The encoder runs once; the decoder reruns on the growing prefix (tiny models)."""
-        return greedy_decode(self, input_ids, max_new_tokens, attention_mask)
+        (not included). The encoder runs once; the decoder feeds one new token per step with a KV cache
+        (``use_cache=False`` reruns it on the growing prefix: the same tokens, slower)."""
+        return greedy_decode(self, input_ids, max_new_tokens, attention_mask, use_cache)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path, extra: dict | None = None) -> None:
@@ -129,9 +138,32 @@ class BART(nn.Module):
         return model
 
 
-def greedy_decode(model, input_ids, max_new_tokens: int, attention_mask=None) -> list[list[int]]:
+def check_decoder_length(past: int, new: int, max_len: int, who: str) -> None:
+    if past + new > max_len:
+        raise ValueError(f"{who} decoder: {past} cached + {new} new positions exceed max_len {max_len}")
+
+
+def run_decoder(blocks, x: Tensor, memory: Tensor, memory_pad, past_kv, use_cache: bool, **kw):
+    """Decoder blocks over x (B, Tt, C) with cross-attention to memory; each block continues its own
+    cached (k, v) when ``past_kv`` is given. Returns (x, present_kv or None). Shared by BART and T5."""
+    present = [] if use_cache else None
+    for i, block in enumerate(blocks):
+        out = block(x, context=memory, context_key_padding_mask=memory_pad, use_cache=use_cache,
+                    past_kv=None if past_kv is None else past_kv[i], **kw)
+        if use_cache:
+            x, kv = out
+            present.append(kv)
+        else:
+            x = out
+    return x, present
+
+
+def greedy_decode(model, input_ids, max_new_tokens: int, attention_mask=None, use_cache: bool = True
+                  ) -> list[list[int]]:
     """Greedy decoding for an encoder-decoder with ``encode``/``decode`` and a config holding
-    decoder_start_id, eos_id, pad_id and max_len (shared by BART and T5)."""
+    decoder_start_id, eos_id, pad_id and max_len (shared by BART and T5). With ``use_cache`` each step
+    feeds only the newest token and the decoder's self-attention keys/values are kept; without, the
+    whole prefix is decoded again each step (same tokens)."""
     c = model.config
     was_training = model.training
     model.eval()
@@ -141,8 +173,13 @@ def greedy_decode(model, input_ids, max_new_tokens: int, attention_mask=None) ->
             Bsz = memory.shape[0]
             dec = B.xp.full((Bsz, 1), c.decoder_start_id, dtype=B.xp.int64)
             done = B.xp.zeros(Bsz, dtype=bool)
+            cache = None
             for _ in range(min(max_new_tokens, c.max_len - 1)):
-                logits = model.decode(dec, memory, pad)  # (B, t, V)
+                if use_cache:  # the first step feeds the start token, later ones the newest token
+                    step_ids = dec if cache is None else dec[:, -1:]
+                    logits, cache = model.decode(step_ids, memory, pad, past_kv=cache, use_cache=True)
+                else:
+                    logits = model.decode(dec, memory, pad)  # (B, t, V)
                 nxt = logits.data[:, -1, :].argmax(-1)
                 nxt = B.xp.where(done, c.pad_id, nxt)
                 dec = B.xp.concatenate([dec, nxt[:, None]], axis=1)

@@ -23,7 +23,7 @@ from minillm import backend as B
 from minillm import functional as F
 from minillm import nn
 from minillm.checkpoint import save
-from minillm.models.bart import greedy_decode, shift_right
+from minillm.models.bart import check_decoder_length, greedy_decode, run_decoder, shift_right
 from minillm.models.bert import as_ids, init_weights, padding_mask, read_checkpoint
 from minillm.tensor import Tensor
 
@@ -137,17 +137,21 @@ class T5(nn.Module):
             x = block(x, key_padding_mask=pad, position_bias=bias)
         return self.drop(self.ln_enc(x)), pad
 
-    def decode(self, decoder_input_ids, memory: Tensor, memory_pad=None) -> Tensor:
-        """Logits (B, Tt, V) for decoder inputs (B, Tt): causal self-attention + cross-attention to memory."""
+    def decode(self, decoder_input_ids, memory: Tensor, memory_pad=None, past_kv: list | None = None,
+               use_cache: bool = False):
+        """Logits (B, Tt, V) for decoder inputs (B, Tt): causal self-attention + cross-attention to memory.
+        ``past_kv``/``use_cache``: a KV cache, as ``BART.decode``; returns (logits, present_kv) then."""
         c = self.config
         ids = as_ids(decoder_input_ids, c.vocab_size, c.max_len, "T5 decoder")
         T = ids.shape[1]
-        bias = self.dec_rel_bias(T, T)  # (1, nh, T, T), causal buckets
+        past = 0 if past_kv is None else int(past_kv[0][0].shape[2])
+        check_decoder_length(past, T, c.max_len, "T5")
+        bias = self.dec_rel_bias(T, past + T, offset=past)  # (1, nh, T, past + T), causal buckets
         x = self.drop(self.tok_emb(ids))
-        for block in self.decoder:
-            x = block(x, context=memory, context_key_padding_mask=memory_pad, position_bias=bias)
+        x, present = run_decoder(self.decoder, x, memory, memory_pad, past_kv, use_cache, position_bias=bias)
         h = self.drop(self.ln_dec(x)) * (c.d_model ** -0.5)  # T5's rescale before the tied head
-        return self.lm_head(h)  # (B, Tt, V)
+        logits = self.lm_head(h)  # (B, Tt, V)
+        return (logits, present) if use_cache else logits
 
     def forward(self, input_ids, decoder_input_ids=None, labels=None, attention_mask=None):
         """(logits, loss). ``labels`` (B, Tt): the target text, -100 where no loss; decoder inputs default to
@@ -164,9 +168,11 @@ class T5(nn.Module):
             loss = F.cross_entropy(logits, lab)
         return logits, loss
 
-    def generate(self, input_ids, max_new_tokens: int = 64, attention_mask=None) -> list[list[int]]:
-        """Greedy decoding: one list of ids per input row, stopping at eos (not included)."""
-        return greedy_decode(self, input_ids, max_new_tokens, attention_mask)
+    def generate(self, input_ids, max_new_tokens: int = 64, attention_mask=None, use_cache: bool = True
+                 ) -> list[list[int]]:
+        """Greedy decoding: one list of ids per input row, stopping at eos (not included); KV-cached
+        unless ``use_cache=False`` (same tokens)."""
+        return greedy_decode(self, input_ids, max_new_tokens, attention_mask, use_cache)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path, extra: dict | None = None) -> None:
