@@ -82,7 +82,39 @@ def phase_sft(ctx: dict) -> dict:
             "train examples": res["train_examples"], "train loss (last)": res["history"]["loss"][-1],
             **{f"{k} (before -> after)" if "->" in v else k: v
                for k, v in summary_rows(res["before"], res["after"]).items()},
-            "checkpoint": out}
+            "checkpoint": out, **shipped_sft_effects(src, tok, ctx["quick"])}
+
+
+def shipped_sft_effects(base: str, tok, quick: bool) -> dict:
+    """The shipped SFT models (lessons 08–10) on held-out prompts, against the model they started from:
+    what longer SFT buys, which the phase's short run above cannot show."""
+    from pathlib import Path
+
+    from minillm import sft
+
+    n_code, n_cot, n_tools = (2, 4, 2) if quick else (40, 200, 24)  # the README's held-out sets
+    base_model = sft.load_model(base)[0]
+    out = {}
+    for path, kind, n in ((sft.SHIPPED_SFT_CODE, "code", n_code), (sft.SHIPPED_SFT_COT, "cot+direct", n_cot),
+                          (sft.SHIPPED_SFT, "tools", n_tools)):
+        if not Path(path).exists():
+            continue
+        held = sft.heldout_for(kind, n)
+        before = sft.evaluate_sft(base_model, tok, held)
+        after = sft.evaluate_sft(sft.load_model(path)[0], tok, held)
+        name = Path(path).name
+        if kind == "code":
+            out[f"shipped {name}: code pass@1 ({n} prompts)"] = (
+                f"{before['code']['pass@1']:.2f} -> {after['code']['pass@1']:.2f}")
+        elif kind == "tools":
+            out[f"shipped {name}: right tool / arguments ({n})"] = (
+                f"{before['tools']['tool accuracy']:.2f} / {before['tools']['arguments accuracy']:.2f} -> "
+                f"{after['tools']['tool accuracy']:.2f} / {after['tools']['arguments accuracy']:.2f}")
+        else:
+            for style in ("cot", "direct"):
+                by = " ".join(f"{k}:{v:.2f}" for k, v in after["cot"][f"{style} by steps"].items())
+                out[f"shipped {name}: {style} by steps ({n})"] = by
+    return out
 
 
 def phase_dpo(ctx: dict) -> dict:
