@@ -223,7 +223,7 @@ def _story_opinion(rng: random.Random, smiled: bool = True) -> str:
 
     In the default corpus a happy mood goes on "and smiled", which gives it away: a masked mood word is
     predictable from what follows it, so masked-LM pre-training need not learn the sentiment itself.
-    ``smiled=False`` (the "review" kind) ends every mood the same way, "So she was glad." / "sad."."""
+    ``smiled=False`` (the "review" kind) ends every mood the same way: "So she was glad." or "... sad."."""
     name = rng.choice(list(CHARACTERS))
     p = PRONOUNS[NAMES[name]]
     place = rng.choice([pl for pl, v in PLACES.items() if v["kind"] in ("shop", "indoor")])
