@@ -185,7 +185,8 @@ def _add_sft_parser(sub) -> None:
     c = sub.add_parser("chat", help="chat with a model in the terminal, tools enabled (reads stdin)")
     c.add_argument("--ckpt", help="checkpoint (default: the shipped minillm/checkpoints/gpt_sft.npz)")
     c.add_argument("--system", help="a system message")
-    c.add_argument("--max-new-tokens", type=int, default=96)
+    c.add_argument("--max-new-tokens", type=int, default=None,
+                   help="reply length cap (default: the rest of the context; the whole prompt stays in view)")
     c.add_argument("--max-calls", type=int, default=3, help="tool calls per turn at most")
     c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     c.add_argument("--seed", type=int, default=None)

@@ -184,9 +184,9 @@ def eval_tools(generate, examples: list[dict], registry=None, max_calls: int = 3
 
 
 def evaluate_sft(model, tokenizer, heldout: dict[str, list[dict]], max_new_tokens: int | None = None) -> dict:
-    """Every evaluation whose held-out examples are given (keys "code", "cot", "tools"). Code and word
-    problems are answered greedily with the whole prompt in view and the rest of the context for the
-    reply (``max_new_tokens=None``), as in training."""
+    """Every evaluation whose held-out examples are given (keys "code", "cot", "tools"). Every reply is
+    greedy, with the whole prompt in view and the rest of the context for the reply (``max_new_tokens=None``),
+    as in training; a fixed budget near the context length would cut the prompt's start (the question)."""
     generate = chat.make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0)
     out = {}
     if heldout.get("code"):
@@ -194,8 +194,7 @@ def evaluate_sft(model, tokenizer, heldout: dict[str, list[dict]], max_new_token
     if heldout.get("cot"):
         out["cot"] = eval_word_problems(generate, heldout["cot"])
     if heldout.get("tools"):
-        gen_tools = chat.make_generate_fn(model, tokenizer, max_new_tokens=64)
-        out["tools"] = eval_tools(gen_tools, heldout["tools"])
+        out["tools"] = eval_tools(generate, heldout["tools"])
     return out
 
 
