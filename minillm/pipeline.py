@@ -107,9 +107,10 @@ def shipped_sft_effects(base: str, tok, quick: bool) -> dict:
             out[f"shipped {name}: code pass@1 ({n} prompts)"] = (
                 f"{before['code']['pass@1']:.2f} -> {after['code']['pass@1']:.2f}")
         elif kind == "tools":
-            out[f"shipped {name}: right tool / arguments ({n})"] = (
-                f"{before['tools']['tool accuracy']:.2f} / {before['tools']['arguments accuracy']:.2f} -> "
-                f"{after['tools']['tool accuracy']:.2f} / {after['tools']['arguments accuracy']:.2f}")
+            keys = ("tool accuracy", "arguments accuracy", "answer accuracy")
+            out[f"shipped {name}: right tool / arguments / answer ({n})"] = (
+                " / ".join(f"{before['tools'][k]:.2f}" for k in keys) + " -> "
+                + " / ".join(f"{after['tools'][k]:.2f}" for k in keys))
         else:
             for style in ("cot", "direct"):
                 by = " ".join(f"{k}:{v:.2f}" for k, v in after["cot"][f"{style} by steps"].items())

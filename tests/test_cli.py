@@ -63,8 +63,8 @@ def test_pipeline_quick(tmp_path, capsys):
     assert main(["pipeline", "--quick", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "pre-training" in text and "val perplexity" in text and "all phases done" in text
-    for shipped in ("gpt_sft_code.npz: code pass@1", "gpt_sft_cot.npz: direct by steps",
-                    "gpt_sft.npz: right tool / arguments"):  # the shipped SFT models' effects are reported
+    for shipped in ("gpt_sft_code.npz: code pass@1", "gpt_sft_cot.npz: direct by steps",  # the shipped SFT
+                    "gpt_sft.npz: right tool / arguments / answer"):  # models' effects are reported too
         assert f"shipped {shipped}" in text, text
     assert (tmp_path / "pretrain" / "model.npz").exists()
     assert np.isfinite(minillm.load(tmp_path / "pretrain" / "checkpoint.npz")["history"]["val_loss"]).all()
