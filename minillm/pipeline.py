@@ -112,9 +112,10 @@ def shipped_sft_effects(base: str, tok, quick: bool) -> dict:
                 " / ".join(f"{before['tools'][k]:.2f}" for k in keys) + " -> "
                 + " / ".join(f"{after['tools'][k]:.2f}" for k in keys))
         else:
-            for style in ("cot", "direct"):
+            for style in ("cot", "direct"):  # overall before -> by number of steps after
                 by = " ".join(f"{k}:{v:.2f}" for k, v in after["cot"][f"{style} by steps"].items())
-                out[f"shipped {name}: {style} by steps ({n})"] = by
+                was = before["cot"][f"{style} accuracy"]
+                out[f"shipped {name}: {style} by steps ({n})"] = f"{was:.2f} -> {by}"
     return out
 
 
