@@ -2,9 +2,10 @@
 
 The engine (``Tensor``, ``no_grad``), layers (``nn``), functions (``functional`` as ``F``), optimizers
 (``optim``), checkpoints (``save``/``load``) and gradient checks (``gradcheck``) live here; models,
-data, training phases and PEFT methods live in the sub-packages.
+data, training phases, PEFT methods, the chat runtime and the CUDA kernels live in the sub-packages.
 """
 
+import minillm.cuda.kernels  # noqa: F401  (our CUDA kernels follow set_backend("cupy"); cupy loads lazily)
 from minillm import backend, functional, nn, optim
 from minillm import functional as F
 from minillm.backend import get_backend, gpu_available, manual_seed, set_backend, set_default_dtype, to_numpy

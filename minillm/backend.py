@@ -22,10 +22,13 @@ name: str = "numpy"
 rng: numpy.random.Generator = numpy.random.default_rng(0)
 default_dtype = numpy.float32
 
-# Matmul / attention implementations. The CUDA-kernel module swaps these on CuPy (see minillm.cuda):
+# Matmul / attention implementations. The CUDA-kernel module swaps these on CuPy (see minillm.cuda.kernels):
 # False (or MINILLM_KERNELS=library) keeps cupy.matmul and the composed attention for comparison.
 use_custom_kernels: bool = True
-fused_attention = None  # set by minillm.cuda.install() on CuPy
+fused_attention = None  # set by minillm.cuda.kernels.install() on CuPy
+
+
+_on_change: list = []  # hooks called with the new backend's name (see on_backend_change)
 
 
 class BackendError(RuntimeError):
@@ -53,15 +56,19 @@ def set_backend(backend: str) -> None:
     global xp, name
     if backend == "numpy":
         xp, name = numpy, "numpy"
-        if "minillm.cuda" in sys.modules:  # our kernels were installed: back to the library seams
-            sys.modules["minillm.cuda"].uninstall()
     elif backend == "cupy":
         xp, name = _load_cupy(), "cupy"
-        from minillm import cuda  # our CUDA kernels into the matmul/attention seams (MINILLM_KERNELS)
-
-        cuda.install()
     else:
         raise ValueError(f"unknown backend {backend!r}: expected 'numpy' or 'cupy'")
+    for hook in _on_change:
+        hook(name)
+
+
+def on_backend_change(hook) -> None:
+    """Call ``hook(name)`` after every ``set_backend``: ``minillm.cuda.kernels`` uses it to put our kernels
+    into the matmul/attention seams on CuPy (``MINILLM_KERNELS``) and take them out on NumPy. The engine
+    only announces the switch, so it never imports the CUDA layer."""
+    _on_change.append(hook)
 
 
 def get_backend() -> str:
@@ -130,7 +137,7 @@ def rand(*shape, dtype=None):
     return xp.asarray(rng.random(shape).astype(dtype or default_dtype))
 
 
-# --- matrix products: defaults route to the array library; minillm.cuda may replace them on CuPy ---
+# --- matrix products: defaults route to the array library; minillm.cuda.kernels may replace them on CuPy ---
 def matmul(a, b):
     """a @ b (batched, broadcasting)."""
     return xp.matmul(a, b)

@@ -28,12 +28,12 @@ def _cmd_bench(args) -> int:
 
 # `minillm pretrain --objective NAME` → "module:function(args)"; other objectives add themselves here.
 PRETRAIN_OBJECTIVES = {
-    "clm": "minillm.pretrain:main_clm",
-    "mlm": "minillm.pretrain_encoders:main",      # BERT masked LM
-    "nsp": "minillm.pretrain_encoders:main",      # BERT next-sentence prediction
-    "mlm+nsp": "minillm.pretrain_encoders:main",  # BERT, both (as in the paper)
-    "denoise": "minillm.pretrain_encoders:main",  # BART: sentence permutation + text infilling
-    "span": "minillm.pretrain_encoders:main",     # T5 span corruption
+    "clm": "minillm.phases.pretrain:main_clm",
+    "mlm": "minillm.phases.pretrain_encoders:main",      # BERT masked LM
+    "nsp": "minillm.phases.pretrain_encoders:main",      # BERT next-sentence prediction
+    "mlm+nsp": "minillm.phases.pretrain_encoders:main",  # BERT, both (as in the paper)
+    "denoise": "minillm.phases.pretrain_encoders:main",  # BART: sentence permutation + text infilling
+    "span": "minillm.phases.pretrain_encoders:main",     # T5 span corruption
 }
 
 
@@ -45,7 +45,7 @@ def _cmd_pretrain(args) -> int:
 def _cmd_generate(args) -> int:
     from minillm.generate import generate_text
     from minillm.models.gpt import GPT, load_checkpoint_tokenizer
-    from minillm.pretrain import SHIPPED_GPT
+    from minillm.shipped import SHIPPED_GPT
     from minillm.tokenizer import load_default_tokenizer
 
     ckpt = args.ckpt or SHIPPED_GPT
@@ -112,13 +112,13 @@ def _add_pretrain_parser(sub) -> None:
 
 
 def _cmd_finetune_classify(args) -> int:
-    from minillm.finetune_classify import main as finetune_classify
+    from minillm.phases.transfer import main as finetune_classify
 
     return finetune_classify(args)
 
 
 def _add_finetune_classify_parser(sub) -> None:
-    from minillm.finetune_classify import add_arguments
+    from minillm.phases.transfer import add_arguments
 
     f = sub.add_parser("finetune-classify",
                        help="transfer learning: pre-trained BERT vs random init, 50/200/1000 labels")
@@ -139,25 +139,25 @@ def _cmd_memory(args) -> int:
 
 
 def _cmd_sft(args) -> int:
-    from minillm.sft import main_sft
+    from minillm.phases.sft import main_sft
 
     return main_sft(args)
 
 
 def _cmd_chat(args) -> int:
-    from minillm.sft import main_chat
+    from minillm.phases.sft import main_chat
 
     return main_chat(args)
 
 
 def _cmd_dpo(args) -> int:
-    from minillm.dpo import main_dpo
+    from minillm.phases.dpo import main_dpo
 
     return main_dpo(args)
 
 
 def _add_dpo_parser(sub) -> None:
-    from minillm.dpo import add_arguments
+    from minillm.phases.dpo import add_arguments
 
     d = sub.add_parser("dpo", help="align an SFT model with DPO on judged preference pairs (before/after)")
     add_arguments(d)

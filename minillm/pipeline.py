@@ -24,7 +24,8 @@ def phase_pretrain(ctx: dict) -> dict:
 
     from minillm.generate import generate_text
     from minillm.models.gpt import GPTConfig
-    from minillm.pretrain import SHIPPED_GPT, pretrain_gpt
+    from minillm.phases.pretrain import pretrain_gpt
+    from minillm.shipped import SHIPPED_GPT
     from minillm.tokenizer import load_default_tokenizer
     from minillm.train import TrainConfig
 
@@ -61,10 +62,10 @@ def phase_pretrain(ctx: dict) -> dict:
 
 def phase_sft(ctx: dict) -> dict:
     """Supervised fine-tuning on the mixed task data, from the shipped pre-trained GPT (the pipeline's own
-    small GPT when none ships), with held-out evaluation before and after (``minillm.sft``)."""
+    small GPT when none ships), with held-out evaluation before and after (``minillm.phases.sft``)."""
     from pathlib import Path
 
-    from minillm.sft import load_model, run_sft, summary_rows
+    from minillm.phases.sft import load_model, run_sft, summary_rows
 
     src = ctx.get("shipped_gpt")
     if not src or not Path(src).exists():
@@ -90,13 +91,15 @@ def shipped_sft_effects(base: str, tok, quick: bool) -> dict:
     what longer SFT buys, which the phase's short run above cannot show."""
     from pathlib import Path
 
-    from minillm import sft
+    from minillm import shipped
+    from minillm.phases import sft
 
     n_code, n_cot, n_tools = (2, 4, 2) if quick else (40, 200, 24)  # the README's held-out sets
     base_model = sft.load_model(base)[0]
     out = {}
-    for path, kind, n in ((sft.SHIPPED_SFT_CODE, "code", n_code), (sft.SHIPPED_SFT_COT, "cot+direct", n_cot),
-                          (sft.SHIPPED_SFT, "tools", n_tools)):
+    for path, kind, n in ((shipped.SHIPPED_SFT_CODE, "code", n_code),
+                          (shipped.SHIPPED_SFT_COT, "cot+direct", n_cot),
+                          (shipped.SHIPPED_SFT, "tools", n_tools)):
         if not Path(path).exists():
             continue
         held = sft.heldout_for(kind, n)
@@ -120,13 +123,14 @@ def shipped_sft_effects(base: str, tok, quick: bool) -> dict:
 
 
 def phase_dpo(ctx: dict) -> dict:
-    """DPO (``minillm.dpo.run_dpo_phase``): from the SFT phase's model (else the shipped gpt_sft.npz, else
-    gpt_tiny.npz), a short mixed-quality SFT on the preference prompts, on-policy pairs picked by the
+    """DPO (``minillm.phases.dpo.run_dpo_phase``): from the SFT phase's model (else the shipped gpt_sft.npz,
+    else gpt_tiny.npz), a short mixed-quality SFT on the preference prompts, on-policy pairs picked by the
     rule-based judge, DPO against a frozen copy, and the behaviour table pre-trained -> SFT -> DPO."""
     from pathlib import Path
 
-    from minillm.dpo import run_dpo_phase
-    from minillm.sft import SHIPPED_SFT, load_model
+    from minillm.phases.dpo import run_dpo_phase
+    from minillm.phases.sft import load_model
+    from minillm.shipped import SHIPPED_SFT
 
     cands = [ctx.get("sft_ckpt"), str(SHIPPED_SFT), ctx.get("shipped_gpt")]
     src = next((c for c in cands if c and Path(c).exists()), None)
@@ -161,10 +165,10 @@ DPO_STEPS, DPO_SFT_STEPS = 80, 150
 
 def phase_lora(ctx: dict) -> dict:
     """Parameter-efficient fine-tuning on a new task (world QA): full fine-tuning vs LoRA (quick) and QLoRA,
-    adapters and prefix tuning, from the same pre-trained GPT (``minillm.peft.compare``)."""
+    adapters and prefix tuning, from the same pre-trained GPT (``minillm.phases.peft_compare``)."""
     from pathlib import Path
 
-    from minillm.peft.compare import compare
+    from minillm.phases.peft_compare import compare
 
     src = ctx.get("shipped_gpt")
     if ctx["quick"] or not src or not Path(src).exists():
@@ -184,15 +188,15 @@ def phase_lora(ctx: dict) -> dict:
 
 
 def phase_encoder(ctx: dict) -> dict:
-    """BERT (MLM + NSP) pre-training and transfer to sentiment (``minillm.pretrain_encoders``)."""
-    from minillm.pretrain_encoders import phase_encoder as run
+    """BERT (MLM + NSP) pre-training and transfer to sentiment (``minillm.phases.pretrain_encoders``)."""
+    from minillm.phases.pretrain_encoders import phase_encoder as run
 
     return run(ctx)
 
 
 def phase_encoder_decoder(ctx: dict) -> dict:
     """BART denoising, T5 span corruption, one T5 doing two tasks by prefix (``pretrain_encoders``)."""
-    from minillm.pretrain_encoders import phase_encoder_decoder as run
+    from minillm.phases.pretrain_encoders import phase_encoder_decoder as run
 
     return run(ctx)
 

@@ -43,7 +43,6 @@ SPLIT_PATTERN = (
 FORMAT = "minillm-bpe"
 FORMAT_VERSION = 1
 _CACHE_LIMIT = 200_000
-DEFAULT_TOKENIZER_PATH = Path(__file__).resolve().parent / "checkpoints" / "tokenizer.json"
 
 
 class TokenizerError(ValueError):
@@ -433,30 +432,13 @@ class BPETokenizer:
 
 # ---------------------------------------------------------------------- the shipped tokenizer
 DEFAULT_VOCAB_SIZE = 1024
-DEFAULT_CORPUS_CHARS = 1_000_000
-DEFAULT_SEED = 0
-
-
-def train_default_tokenizer(out_path=DEFAULT_TOKENIZER_PATH, vocab_size: int = DEFAULT_VOCAB_SIZE,
-                            n_chars: int = DEFAULT_CORPUS_CHARS, seed: int = DEFAULT_SEED) -> BPETokenizer:
-    """The recipe of the shipped ``minillm/checkpoints/tokenizer.json``: train on ~1 MB of world text.
-
-    Run ``python -c "from minillm.tokenizer import train_default_tokenizer; train_default_tokenizer()"``.
-    """
-    from minillm.data.world import tokenizer_training_text
-
-    tok = BPETokenizer.train(tokenizer_training_text(n_chars, seed=seed), vocab_size)
-    if out_path is not None:
-        tok.save(out_path)
-    return tok
 
 
 def load_default_tokenizer() -> BPETokenizer:
     """Load the tokenizer that ships with the package (``minillm/checkpoints/tokenizer.json``)."""
-    from importlib.resources import as_file, files
+    from minillm.shipped import TOKENIZER
 
-    with as_file(files("minillm") / "checkpoints" / "tokenizer.json") as path:
-        if not Path(path).exists():
-            raise TokenizerError(f"the shipped tokenizer {path} is missing; recreate it with "
-                                 "minillm.tokenizer.train_default_tokenizer()")
-        return BPETokenizer.load(path)
+    if not TOKENIZER.exists():
+        raise TokenizerError(f"the shipped tokenizer {TOKENIZER} is missing; recreate it with "
+                             "minillm.data.world.train_default_tokenizer()")
+    return BPETokenizer.load(TOKENIZER)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minillm import F, Tensor
-from minillm.chat import (
+from minillm.chat.template import (
     IGNORE_INDEX,
     ChatFormatError,
     assistant_text,
@@ -16,8 +16,8 @@ from minillm.chat import (
     render_prompt,
     sft_example,
 )
+from minillm.chat.tools import format_tool_call
 from minillm.tokenizer import load_default_tokenizer
-from minillm.tools import format_tool_call
 
 TOK = load_default_tokenizer()
 CONV = [

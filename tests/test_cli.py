@@ -48,7 +48,7 @@ def test_objectives_are_extensible():
 
 
 def test_generate_greedy_is_deterministic_and_cache_free_agrees(capsys):
-    from minillm.pretrain import SHIPPED_GPT
+    from minillm.shipped import SHIPPED_GPT
 
     if not SHIPPED_GPT.exists():
         pytest.skip("the shipped gpt_tiny.npz is not built yet")

@@ -31,7 +31,7 @@ def gpu():
     """CuPy backend with our kernels installed; back to NumPy afterwards."""
     minillm.set_backend("cupy")
     B.use_custom_kernels = True
-    from minillm import cuda
+    from minillm.cuda import kernels as cuda
 
     yield cuda.get_kernels()
     minillm.set_backend("numpy")
@@ -64,7 +64,7 @@ def test_gemm_vs_float64(gpu, rung, layout, shape):
 
 
 def cuda_kernels_poisoned(ker):
-    from minillm import cuda
+    from minillm.cuda import kernels as cuda
 
     return cuda.Kernels(ker.modules, ker.xp, poison=True)
 

@@ -11,7 +11,8 @@ from strategies import arrays, tensor64
 
 import minillm
 from minillm import nn
-from minillm.dpo import (
+from minillm.models.gpt import GPT, GPTConfig
+from minillm.phases.dpo import (
     DPOConfig,
     PreferenceDataset,
     dpo_loss,
@@ -23,7 +24,6 @@ from minillm.dpo import (
     sequence_logps,
     train_dpo,
 )
-from minillm.models.gpt import GPT, GPTConfig
 from minillm.tensor import Tensor
 from minillm.train import TrainConfig
 
@@ -268,7 +268,7 @@ def test_precomputed_reference_matches_live_reference():
 # ---------------------------------------------------------------------------------------------- CLI
 def test_cli_dpo_on_a_tiny_config(tmp_path, capsys):
     from minillm.cli import main
-    from minillm.preferences import read_triplets
+    from minillm.phases.preferences import read_triplets
     from minillm.tokenizer import load_default_tokenizer
 
     tok = load_default_tokenizer()
@@ -296,7 +296,7 @@ def test_cli_dpo_on_a_tiny_config(tmp_path, capsys):
 
 
 def test_rpo_alpha_adds_the_chosen_nll():
-    from minillm.dpo import dpo_loss_fn
+    from minillm.phases.dpo import dpo_loss_fn
 
     policy, ref = tiny_gpt(), tiny_gpt(1)
     ds = PreferenceDataset(pairs_for(n=4))

@@ -9,7 +9,8 @@ from minillm.cli import main
 from minillm.data import documents as D
 from minillm.data.sentiment import bag_of_words_accuracy, sentiment_dataset
 from minillm.data.text2text import LEXICON, SUMMARIZE, TRANSLATE, text2text_examples, to_worldish
-from minillm.pretrain_encoders import SHIPPED_BART, SHIPPED_BERT, SHIPPED_T5, load_pretrained
+from minillm.phases.pretrain_encoders import load_pretrained
+from minillm.shipped import SHIPPED_BART, SHIPPED_BERT, SHIPPED_T5
 
 TINY = ["--steps", "6", "--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--context-length", "32",
         "--batch-size", "4", "--num-stories", "60", "--no-progress", "--warmup", "2"]

@@ -11,7 +11,7 @@ from minillm import gradcheck, optim
 from minillm.checkpoint import CheckpointError
 from minillm.models import GPT, GPTConfig
 from minillm.models.gpt import load_checkpoint_tokenizer
-from minillm.pretrain import SHIPPED_GPT
+from minillm.shipped import SHIPPED_GPT
 
 
 def tiny(**kw):
@@ -112,7 +112,7 @@ def test_checkpoint_round_trip(tmp_path):
 @pytest.mark.skipif(not SHIPPED_GPT.exists(), reason="the shipped gpt_tiny.npz is not built yet")
 def test_shipped_gpt_models_unseen_stories():
     """The shipped model predicts fresh stories (a seed it never saw) well and carries its tokenizer."""
-    from minillm.pretrain import lm_tokens
+    from minillm.phases.pretrain import lm_tokens
     from minillm.tokenizer import load_default_tokenizer
 
     model = GPT.from_checkpoint(SHIPPED_GPT)

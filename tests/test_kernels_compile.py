@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from minillm.cuda_emulator import kernel_path
+from minillm.cuda.kernels import kernel_path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["matmul.cu", "attention.cu"]
@@ -71,7 +71,7 @@ def _ptxas_report(source: str, tmp_path: Path) -> dict[str, dict]:
 
 def _threads_per_block(source: str) -> dict[str, int]:
     """Threads per block of each kernel at the default tiles, from the launch code's own formulas."""
-    from minillm.cuda import DEFAULT_TILES as t
+    from minillm.cuda.kernels import DEFAULT_TILES as t
 
     v3 = (t["V3_BM"] // t["V3_TM"]) * (t["V3_BN"] // t["V3_TN"])
     tpr = t["ATTN_TPR"]

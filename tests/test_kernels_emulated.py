@@ -1,7 +1,7 @@
-"""Every CUDA kernel run on the CPU through the emulator (minillm/cuda_emulator.py + kernels/cuda_emulator.h)
+"""Every CUDA kernel run on the CPU through the emulator (minillm/cuda/emulator.py + kernels/cuda_emulator.h)
 and compared with a float64 NumPy reference: random shapes that are not multiples of the tiles, outputs
-poisoned with NaN first, random upstream gradients. The launches go through ``minillm.cuda.Kernels``, the
-same launch code the GPU uses. ThreadSanitizer / AddressSanitizer builds check for races and
+poisoned with NaN first, random upstream gradients. The launches go through ``minillm.cuda.kernels.Kernels``,
+the same launch code the GPU uses. ThreadSanitizer / AddressSanitizer builds check for races and
 out-of-bounds accesses, and a copy with a ``__syncthreads()`` removed proves the race check can fail.
 
 Most runs use smaller tile macros (fewer host threads per block); each kernel also runs once with the
@@ -16,14 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minillm import backend as B
-from minillm import cuda
-from minillm.cuda_emulator import (
+from minillm.cuda import kernels as cuda
+from minillm.cuda.emulator import (
     EmulatedModule,
     EmulatorError,
     have_compiler,
-    kernel_path,
     run_sanitized,
 )
+from minillm.cuda.kernels import kernel_path
 
 pytestmark = pytest.mark.skipif(not have_compiler(), reason="the CUDA emulator needs g++ on PATH")
 
@@ -199,7 +199,7 @@ def test_attention_long_sequence_online_softmax(small, fwd):
 # -------------------------------------------------------------------- the backend glue, on the emulator
 @pytest.fixture
 def emulated_backend(monkeypatch, small):
-    """minillm.cuda installed over NumPy arrays with the emulator standing in for the GPU."""
+    """minillm.cuda.kernels installed over NumPy arrays with the emulator standing in for the GPU."""
     monkeypatch.setattr(cuda, "_kernels", small)
     monkeypatch.setattr(B, "name", "cupy")
     monkeypatch.setattr(B, "use_custom_kernels", True)

@@ -271,7 +271,7 @@ def test_lora_dropout_only_in_training():
 
 # ------------------------------------------------------------------ the measured comparison (tiny, fast)
 def test_world_qa_task_and_encoding():
-    from minillm.peft.compare import encode_qa, world_qa
+    from minillm.phases.peft_compare import encode_qa, world_qa
     from minillm.tokenizer import load_default_tokenizer
 
     qa = world_qa()
@@ -290,7 +290,7 @@ def test_world_qa_task_and_encoding():
 
 def test_compare_measures_every_method(tmp_path):
     from minillm.models.gpt import GPT, GPTConfig
-    from minillm.peft.compare import compare, format_comparison
+    from minillm.phases.peft_compare import compare, format_comparison
     from minillm.tokenizer import load_default_tokenizer
 
     tok = load_default_tokenizer()

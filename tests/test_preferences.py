@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minillm import preferences as P
+from minillm.phases import preferences as P
 from minillm.tokenizer import load_default_tokenizer
 
 TOK = load_default_tokenizer()
@@ -117,7 +117,7 @@ def test_sample_pairs_keeps_the_judges_choice(monkeypatch):
 
 
 def test_tokenize_triplets_masks_only_the_final_reply():
-    from minillm.chat import END, render_prompt
+    from minillm.chat.template import END, render_prompt
 
     tool = first("tool")  # its prompt holds an earlier assistant turn (the tool call): must stay masked
     trip = P.offline_pairs([first("harmful"), tool])

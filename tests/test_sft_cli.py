@@ -10,7 +10,7 @@ import minillm
 from minillm import F
 from minillm.cli import main
 from minillm.models.gpt import GPT, GPTConfig
-from minillm.sft import encode_examples, run_sft, sft_batches, sft_loss, task_examples
+from minillm.phases.sft import encode_examples, run_sft, sft_batches, sft_loss, task_examples
 from minillm.tokenizer import load_default_tokenizer
 
 TOK = load_default_tokenizer()
@@ -82,7 +82,7 @@ def test_generate_fn_that_fills_the_context_keeps_the_whole_prompt(monkeypatch):
     """``max_new_tokens=None`` (the SFT evaluation) shows the model the whole prompt; a fixed budget near
     the context length keeps only the prompt's tail."""
     import minillm.generate as gen_mod
-    from minillm import chat
+    from minillm.chat import template as chat
 
     seen = []
 
@@ -101,7 +101,7 @@ def test_generate_fn_that_fills_the_context_keeps_the_whole_prompt(monkeypatch):
 
 
 def test_heldout_word_problems_are_unseen_in_either_rendering():
-    from minillm.sft import _prompt_key, heldout_for
+    from minillm.phases.sft import _prompt_key, heldout_for
 
     held = {ex["meta"]["question"] for ex in heldout_for("cot+direct", 200)["cot"]}
     train = task_examples("cot+direct", 4000, 0)
@@ -113,10 +113,11 @@ def test_heldout_word_problems_are_unseen_in_either_rendering():
 def test_shipped_specialists_answer_held_out_prompts():
     """gpt_sft_code writes a passing function, gpt_sft_cot a right 4-step rationale, on prompts held out
     from their training runs (the full figures are in lessons 08 and 09)."""
-    from minillm import chat
+    from minillm.chat import template as chat
+    from minillm.chat.sandbox import run_tests
     from minillm.data.word_problems import extract_answer
-    from minillm.sandbox import run_tests
-    from minillm.sft import SHIPPED_SFT_CODE, SHIPPED_SFT_COT, heldout_for, load_model
+    from minillm.phases.sft import heldout_for, load_model
+    from minillm.shipped import SHIPPED_SFT_CODE, SHIPPED_SFT_COT
 
     for path, task in [(SHIPPED_SFT_CODE, "code"), (SHIPPED_SFT_COT, "cot+direct")]:
         assert minillm.load(path)["sft"]["task"] == task

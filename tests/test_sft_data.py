@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from minillm.chat import render
+from minillm.chat.sandbox import run_tests
+from minillm.chat.template import render
+from minillm.chat.tools import default_registry, parse_tool_call
 from minillm.data.code_tasks import FAMILIES, code_dataset
 from minillm.data.jsonl import read_jsonl, write_jsonl
 from minillm.data.tool_conversations import tool_dataset
 from minillm.data.word_problems import DIRECT_SUFFIX, extract_answer, word_problem_dataset
-from minillm.sandbox import run_tests
 from minillm.tokenizer import load_default_tokenizer
-from minillm.tools import default_registry, parse_tool_call
 
 
 @pytest.mark.parametrize("make", [lambda s: code_dataset(40, s), lambda s: word_problem_dataset(20, s),

@@ -11,14 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm.data.world import generate_corpus_chars
+from minillm.data.world import generate_corpus_chars, train_default_tokenizer
 from minillm.tokenizer import (
     DEFAULT_SPECIAL_TOKENS,
     BPETokenizer,
     TokenizerError,
     _merge,
     load_default_tokenizer,
-    train_default_tokenizer,
 )
 
 SPECIALS = DEFAULT_SPECIAL_TOKENS

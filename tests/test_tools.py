@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minillm.tools import (
+from minillm.chat.tools import (
     CalculatorError,
     Tool,
     ToolError,
@@ -92,7 +92,7 @@ def test_calculator_matches_python_on_integer_arithmetic(a, b, op):
 def test_calculator_never_uses_eval_or_exec():
     import inspect
 
-    import minillm.tools as T
+    import minillm.chat.tools as T
 
     src = inspect.getsource(T)
     assert "eval(" not in src.replace("_eval_node(", "") and "exec(" not in src

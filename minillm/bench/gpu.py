@@ -100,7 +100,7 @@ def _rel_err(cp, got, ref) -> float:
 
 # ------------------------------------------------------------------------------------------------ matmul
 def bench_matmul(cp, timer: Timer, quick: bool) -> list[dict]:
-    from minillm.cuda import get_kernels
+    from minillm.cuda.kernels import get_kernels
 
     ker = get_kernels()
     d, bt = (GPT_D, GPT_BT // 4) if quick else (GPT_D, GPT_BT)
@@ -137,8 +137,8 @@ def bench_matmul(cp, timer: Timer, quick: bool) -> list[dict]:
 
 # --------------------------------------------------------------------------------------------- attention
 def bench_attention(cp, timer: Timer, quick: bool) -> list[dict]:
-    from minillm import cuda
     from minillm import functional as F
+    from minillm.cuda import kernels as cuda
     from minillm.tensor import Tensor
 
     rng = numpy.random.default_rng(1)

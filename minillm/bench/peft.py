@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy
 
-from minillm.peft import compare
 from minillm.peft.qlora import int4_roundtrip, quantize_nf4, theoretical_bits_per_param
+from minillm.phases import peft_compare as compare
 
 
 def quantization_report(n: int = 1024, seed: int = 0) -> dict:

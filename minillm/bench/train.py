@@ -86,7 +86,7 @@ def kv_cache_speedup(new_tokens: int = 256) -> dict:
     """Seconds to generate ``new_tokens`` greedily with and without the KV cache on the shipped model."""
     from minillm.generate import generate
     from minillm.models.gpt import GPT, GPTConfig
-    from minillm.pretrain import SHIPPED_GPT
+    from minillm.shipped import SHIPPED_GPT
 
     if SHIPPED_GPT.exists():
         model, which = GPT.from_checkpoint(SHIPPED_GPT), SHIPPED_GPT.name

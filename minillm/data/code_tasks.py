@@ -4,7 +4,7 @@
 sum(nums)``. Each family varies the function name, the argument names and the instruction's wording, so
 held-out prompts are new combinations the model must follow (copy the names, pick the body). The hidden
 tests are computed by a reference implementation in this file and run against generated code by
-``minillm.sandbox`` in a separate process.
+``minillm.chat.sandbox`` in a separate process.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tool-use conversations over the story world: the assistant calls a tool, reads the result, answers.
 
-Three tools (see ``minillm.tools``): ``get_weather(location, unit)`` answered from the world's WEATHER
+Three tools (see ``minillm.chat.tools``): ``get_weather(location, unit)`` answered from the world's WEATHER
 table, ``calculator(expression)`` (the safe evaluator) and ``web_search(query)`` over the world's FACTS
 (the local document collection). Each conversation is::
 
@@ -86,7 +86,7 @@ _KINDS = [_weather, _calculator, _search]
 
 def tool_example(rng: random.Random, registry=None) -> dict:
     """One conversation (the tool really runs) with its expected call and answer in ``meta``."""
-    from minillm.tools import default_registry
+    from minillm.chat.tools import default_registry
 
     registry = registry or default_registry()
     failing = rng.random() < 0.08  # some calls fail, so the model learns to read an error result
@@ -120,7 +120,7 @@ def _check_string(name: str, result) -> str:
 
 def tool_dataset(n: int, seed: int = 0) -> list[dict]:
     """``n`` tool-use conversations, deterministic for a seed."""
-    from minillm.tools import default_registry
+    from minillm.chat.tools import default_registry
 
     rng = random.Random(seed)
     reg = default_registry()

@@ -62,7 +62,7 @@ def _step(rng: random.Random, name: str, obj: str, count: int, allow_product: bo
 def make_problem(rng: random.Random, steps: int, max_count: int | None = None) -> dict:
     """One problem with ``steps`` steps: its question, the rationale lines, the answer and the sentence
     stating it ("Mia has 11 apples."). ``max_count``: every count stays at most this (``None``: the
-    original unbounded problems, which ``minillm.preferences`` and the shipped ``gpt_sft.npz`` use)."""
+    original unbounded problems, which ``minillm.phases.preferences`` and the shipped ``gpt_sft.npz`` use)."""
     name = rng.choice(list(CHARACTERS))
     obj = rng.choice(_COUNTABLE)
     plural = OBJECTS[obj]["plural"]

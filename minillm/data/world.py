@@ -377,3 +377,18 @@ def tokenizer_training_text(n_chars: int = 1_000_000, seed: int = 0) -> str:
     tool-call JSON, so the one tokenizer also covers the formats of later phases compactly."""
     extra = "\n\n".join(FACTS + question_examples(seed) + tool_call_examples(seed))
     return generate_corpus_chars(max(0, n_chars - len(extra)), seed) + "\n\n" + extra
+
+
+def train_default_tokenizer(out_path=None, vocab_size: int | None = None, n_chars: int = 1_000_000,
+                            seed: int = 0):
+    """The recipe of the shipped ``minillm/checkpoints/tokenizer.json``: BPE on ~1 MB of world text.
+
+    ``python -c "from minillm.data.world import train_default_tokenizer as t; from minillm.shipped import
+    TOKENIZER; t(TOKENIZER)"`` remakes it; with ``out_path=None`` nothing is written.
+    """
+    from minillm.tokenizer import DEFAULT_VOCAB_SIZE, BPETokenizer
+
+    tok = BPETokenizer.train(tokenizer_training_text(n_chars, seed=seed), vocab_size or DEFAULT_VOCAB_SIZE)
+    if out_path is not None:
+        tok.save(out_path)
+    return tok

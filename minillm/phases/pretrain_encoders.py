@@ -21,13 +21,9 @@ from minillm.data.objectives import IGNORE_INDEX
 from minillm.models.bart import BART, BARTConfig
 from minillm.models.bert import BERT, BERTConfig
 from minillm.models.t5 import T5, T5Config
+from minillm.shipped import SHIPPED_BART, SHIPPED_BERT, SHIPPED_T5
 from minillm.tensor import no_grad
 from minillm.train import TrainConfig, train
-
-CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-SHIPPED_BERT = CHECKPOINTS / "bert_tiny.npz"
-SHIPPED_BART = CHECKPOINTS / "bart_tiny.npz"
-SHIPPED_T5 = CHECKPOINTS / "t5_tiny.npz"
 
 FAMILY = {"mlm": "bert", "nsp": "bert", "mlm+nsp": "bert", "denoise": "bart", "span": "t5"}
 
@@ -298,7 +294,7 @@ def main(args) -> int:
 def phase_encoder(ctx: dict) -> dict:
     """``minillm pipeline``: pre-train a small BERT (MLM + NSP), then transfer the shipped BERT to sentiment
     with few labels against the same architecture from scratch."""
-    from minillm.finetune_classify import transfer_experiment
+    from minillm.phases.transfer import transfer_experiment
     from minillm.tokenizer import load_default_tokenizer
 
     tok = ctx.get("tokenizer") or load_default_tokenizer()

@@ -49,7 +49,7 @@ def assistant_text(message: dict) -> str:
     A ``tool_calls`` message is written as ``<|tool_call|>`` + ``{"tool_call": {"name", "arguments"}}``
     (one call per message); a malformed call the agent loop kept verbatim (``raw_tool_call``) as itself.
     """
-    from minillm.tools import format_tool_call
+    from minillm.chat.tools import format_tool_call
 
     if message.get("tool_calls"):
         fn = message["tool_calls"][0]["function"]
@@ -141,7 +141,7 @@ def decode_reply(tokenizer, ids) -> str:
 def make_generate_fn(model, tokenizer, max_new_tokens: int | None = 64, temperature: float = 0.0,
                      top_k: int | None = None, seed: int | None = None,
                      min_new_tokens: int = 16) -> Callable[[list[dict]], str]:
-    """``generate(messages) -> assistant text`` for ``minillm.tools.run_agent_turn``: renders the prompt
+    """``generate(messages) -> assistant text`` for ``minillm.chat.tools.run_agent_turn``: renders the prompt
     (keeping its last ``context_length - max_new_tokens`` tokens if it is too long), samples with
     ``minillm.generate.generate`` until ``<|end|>``, and decodes the reply.
 

@@ -2,11 +2,11 @@
 agent loop that pauses generation on a tool call, runs the tool and feeds its result back.
 
 The model writes a call as JSON, ``{"tool_call": {"name": "calculator", "arguments": {"expression":
-"sqrt(15625)"}}}`` (after the ``<|tool_call|>`` token, see ``minillm.chat``). Everything the model writes is
-untrusted: malformed JSON, an unknown tool, a missing or ill-typed argument and an exception inside a tool
-all become an ``{"error": ...}`` result that goes back to the model as a tool turn, never an exception that
-ends the chat. The calculator walks a parsed AST with an allow-list of node types; nothing the model
-writes ever reaches ``eval``/``exec``.
+"sqrt(15625)"}}}`` (after the ``<|tool_call|>`` token, see ``minillm.chat.template``). Everything the model
+writes is untrusted: malformed JSON, an unknown tool, a missing or ill-typed argument and an exception
+inside a tool all become an ``{"error": ...}`` result that goes back to the model as a tool turn, never an
+exception that ends the chat. The calculator walks a parsed AST with an allow-list of node types; nothing
+the model writes ever reaches ``eval``/``exec``.
 """
 
 from __future__ import annotations

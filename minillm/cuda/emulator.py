@@ -3,7 +3,7 @@
 The unmodified ``.cu`` source is compiled with ``g++ -std=c++20 -pthread`` behind ``kernels/cuda_emulator.h``
 (which maps ``__global__``/``__shared__``/``__syncthreads`` onto host threads, statics and a ``std::barrier``;
 read its header comment for the model). Every ``extern "C" __global__`` kernel gets a generated launcher,
-called through ctypes, and the launch API mirrors CuPy's, so ``minillm.cuda`` drives the emulator with
+called through ctypes, and the launch API mirrors CuPy's, so ``minillm.cuda.kernels`` drives the emulator with
 the very code that launches the kernels on a GPU::
 
     mod = EmulatedModule(kernel_path("matmul.cu"))
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy
 
+from minillm.cuda.kernels import kernel_path
+
 _HEADER = "cuda_emulator.h"
 _CACHE = Path(tempfile.gettempdir()) / "minillm-cuda-emulator"
 _BASE_FLAGS = ["-std=c++20", "-pthread", "-w"]
@@ -47,16 +49,6 @@ _POINTEES = {"float": numpy.float32, "unsigned char": numpy.uint8, "int": numpy.
 
 class EmulatorError(RuntimeError):
     """The emulator could not build or run a kernel (the message carries the compiler's output)."""
-
-
-def kernel_path(name: str) -> Path:
-    """Path of a kernel source file (``kernels/NAME`` in a checkout, ``minillm/kernels/NAME`` in a wheel)."""
-    here = Path(__file__).resolve().parent
-    for cand in (here / "kernels" / name, here.parent / "kernels" / name):
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"kernel source {name!r} not found in {here / 'kernels'} "
-                            f"or {here.parent / 'kernels'}")
 
 
 def have_compiler() -> bool:

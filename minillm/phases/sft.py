@@ -1,11 +1,11 @@
 """Supervised fine-tuning (SFT): teach a pre-trained GPT to answer in the chat template, and measure it.
 
 Data: conversations from ``minillm.data`` (code, chain-of-thought and direct word problems, tool use) or a
-user's JSONL file, rendered by ``minillm.chat.render`` with a loss mask so only the assistant's tokens are
-learned. Training: ``minillm.train.train`` (the one loop) with ``sft_loss``. Evaluation on held-out
+user's JSONL file, rendered by ``minillm.chat.template.render`` with a loss mask so only the assistant's
+tokens are learned. Training: ``minillm.train.train`` (the one loop) with ``sft_loss``. Evaluation on held-out
 prompts, greedy decoding, before and after:
 
-- code: pass@1, the hidden unit tests run by ``minillm.sandbox`` in a separate limited process;
+- code: pass@1, the hidden unit tests run by ``minillm.chat.sandbox`` in a separate limited process;
 - word problems: exact-match accuracy of the final number, chain of thought vs direct, by number of steps;
 - tools: right tool, right arguments, and right final answer with the agent loop really running the tool.
 """
@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy
 
-from minillm import chat
+from minillm.chat import template as chat
+from minillm.shipped import SHIPPED_SFT
 from minillm.train import TrainConfig, train
 
 TASKS = ("code", "cot", "direct", "cot+direct", "tools", "mix")
-SHIPPED_SFT = Path(__file__).resolve().parent / "checkpoints" / "gpt_sft.npz"        # mix: tools, code, CoT
-SHIPPED_SFT_CODE = SHIPPED_SFT.with_name("gpt_sft_code.npz")   # --task code specialist (lesson 08)
-SHIPPED_SFT_COT = SHIPPED_SFT.with_name("gpt_sft_cot.npz")     # --task cot+direct specialist (lesson 09)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -100,7 +97,7 @@ def sft_loss(model, batch):
 # ------------------------------------------------------------------------------------------- evaluation
 def eval_code(generate, examples: list[dict], timeout: float = 3.0) -> dict:
     """pass@1 (greedy): the share of held-out tasks whose generated function passes all hidden tests."""
-    from minillm.sandbox import run_tests
+    from minillm.chat.sandbox import run_tests
 
     per_family, statuses, samples = defaultdict(list), defaultdict(int), []
     syntax_ok, name_ok = [], []
@@ -164,7 +161,7 @@ def eval_word_problems(generate, examples: list[dict]) -> dict:
 def eval_tools(generate, examples: list[dict], registry=None, max_calls: int = 3) -> dict:
     """With the agent loop running: did the model call the right tool, with the right arguments (after
     defaults), and does its final answer contain the tool's result?"""
-    from minillm.tools import default_registry, run_agent_turn
+    from minillm.chat.tools import default_registry, run_agent_turn
 
     registry = registry or default_registry()
     tool_ok, args_ok, answer_ok, calls = [], [], [], 0
@@ -287,7 +284,7 @@ def print_report(res: dict) -> None:
 
 def main_sft(args) -> int:
     """``minillm sft --task code|cot|direct|cot+direct|tools|mix --from CKPT``."""
-    from minillm.pretrain import SHIPPED_GPT
+    from minillm.shipped import SHIPPED_GPT
 
     model, tok = load_model(args.from_ckpt or SHIPPED_GPT)
     res = run_sft(model, tok, task=args.task, steps=args.steps, n_train=args.n_train, n_eval=args.n_eval,
@@ -303,7 +300,7 @@ def main_chat(args) -> int:
     """``minillm chat --ckpt ...``: a terminal chat with the tools enabled (reads stdin; works piped)."""
     import sys
 
-    from minillm.tools import default_registry, run_agent_turn
+    from minillm.chat.tools import default_registry, run_agent_turn
 
     model, tok = load_model(args.ckpt or SHIPPED_SFT)
     generate = chat.make_generate_fn(model, tok, max_new_tokens=args.max_new_tokens,

@@ -95,7 +95,7 @@ def answer_exact_match(model, x, y) -> float:
 
 def lm_eval_windows(tokenizer, context_length: int, n_windows: int = 16, seed: int = 4242):
     """Held-out pre-training data: windows of stories from a seed the pre-training never used."""
-    from minillm.pretrain import lm_tokens
+    from minillm.phases.pretrain import lm_tokens
 
     tokens = lm_tokens(tokenizer, num_stories=60 * n_windows, seed=seed)
     T = context_length
@@ -157,7 +157,7 @@ def prepare(method: str, model):
 def load_pretrained(ckpt=None):
     """(model, tokenizer): the SFT checkpoint if one ships, else the pre-trained GPT (or ``ckpt``)."""
     from minillm.models.gpt import GPT, load_checkpoint_tokenizer
-    from minillm.pretrain import SHIPPED_GPT
+    from minillm.shipped import SHIPPED_GPT
     from minillm.tokenizer import load_default_tokenizer
 
     path = ckpt or SHIPPED_GPT

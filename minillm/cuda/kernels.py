@@ -9,18 +9,18 @@ variable ``MINILLM_KERNELS=library``; ``ours`` is the default) selects the libra
 
 :class:`Kernels` holds the launch code: grid sizes, strides, argument types. It takes any module with
 CuPy's ``RawModule`` API and an array module, so the CPU tests drive the same code through
-``minillm.cuda_emulator`` with NumPy arrays, and the GPU runs it through ``cupy.RawModule``.
+``minillm.cuda.emulator`` with NumPy arrays, and the GPU runs it through ``cupy.RawModule``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy
 
 from minillm import backend as B
-from minillm.cuda_emulator import kernel_path
 
 # The tile sizes the .cu files default to (the launch geometry depends on them). Tests that compile the
 # kernels with smaller tiles for the emulator pass the same overrides here.
@@ -35,6 +35,16 @@ LAYOUTS = ("nn", "nt", "tn")
 MAX_GRID_YZ = 65535
 MAX_HEAD_DIM = 128
 ATTENTION_VERSION = "v2"  # fused attention kernels used by F.sdpa: "v2" (register-blocked, d <= 64) or "v1"
+
+
+def kernel_path(name: str) -> Path:
+    """Path of a kernel source file (``kernels/NAME`` in a checkout, ``minillm/kernels/NAME`` in a wheel)."""
+    package = Path(__file__).resolve().parent.parent  # minillm/
+    places = (package / "kernels", package.parent / "kernels")
+    for folder in places:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"kernel source {name!r} not found in {places[0]} or {places[1]}")
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -354,7 +364,7 @@ fused_attention = FusedAttention()
 
 
 def install() -> None:
-    """Route the backend's matmul and attention seams through our kernels (called by set_backend("cupy"))."""
+    """Route the backend's matmul and attention seams through our kernels (on set_backend("cupy"))."""
     choice = os.environ.get("MINILLM_KERNELS")
     if choice is not None:  # otherwise keep backend.use_custom_kernels as it is (True by default)
         choice = choice.strip().lower()
@@ -366,6 +376,19 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    """Back to the library implementations (called by set_backend("numpy"))."""
+    """Back to the library implementations (on set_backend("numpy"))."""
     B.matmul, B.matmul_nt, B.matmul_tn = _LIBRARY["matmul"], _LIBRARY["matmul_nt"], _LIBRARY["matmul_tn"]
     B.fused_attention = None
+
+
+def follow_backend(name: str) -> None:
+    """Install our kernels when the backend becomes CuPy, remove them when it becomes NumPy."""
+    if name == "cupy":
+        install()
+    else:
+        uninstall()
+
+
+B.on_backend_change(follow_backend)  # the engine never imports this module: it announces, we follow
+if B.name == "cupy":  # MINILLM_BACKEND=cupy chose CuPy before this module was imported
+    install()

@@ -347,10 +347,10 @@ def log_ratio_drift(policy, reference, ids, completion_mask) -> dict:
 # ------------------------------------------------------------------------------ the phase
 def sft_on_prompts(model, tokenizer, conversations: Sequence[dict], steps: int, lr: float = 3e-4,
                    batch_size: int = 16, seed: int = 0, progress: bool = False) -> dict:
-    """Supervised fine-tuning on chat conversations (``{"messages": [...]}``) with ``minillm.sft``'s
+    """Supervised fine-tuning on chat conversations (``{"messages": [...]}``) with ``minillm.phases.sft``'s
     batches and loss (prompt masked out) through ``train``; used for the mixed-quality SFT that puts a
     model "in the middle" before DPO. Returns the training history."""
-    from minillm.sft import encode_examples, sft_batches, sft_loss
+    from minillm.phases.sft import encode_examples, sft_batches, sft_loss
     from minillm.train import TrainConfig, train
 
     pairs, _ = encode_examples(list(conversations), tokenizer, model.config.context_length)
@@ -368,7 +368,7 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
                   eval_samples: int = 2, min_pairs: int = 16, max_new_tokens: int = 48,
                   rpo_alpha: float = 0.0, add_demo: bool = True,
                   seed: int = 0, quick: bool = False, progress: bool = False, log=print) -> dict:
-    """The alignment phase end to end, on ``minillm.preferences``' world prompts:
+    """The alignment phase end to end, on ``minillm.phases.preferences``' world prompts:
 
     1. (``sft_steps`` > 0) mixed-quality SFT on the preference prompts (good and bad demonstrations), so
        the model lands "in the middle";
@@ -382,8 +382,8 @@ def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: 
 
     ``policy`` is trained in place. Returns a report dict (tables, pair stats, history, final metrics).
     """
-    from minillm import preferences as P
-    from minillm.chat import render_prompt
+    from minillm.chat.template import render_prompt
+    from minillm.phases import preferences as P
     from minillm.train import TrainConfig
 
     train_prompts = P.make_prompts("train", seed=0)
@@ -500,8 +500,9 @@ def main_dpo(args) -> int:
     from pathlib import Path
 
     from minillm import backend as Bk
-    from minillm.preferences import read_triplets, write_triplets
-    from minillm.sft import SHIPPED_SFT, load_model
+    from minillm.phases.preferences import read_triplets, write_triplets
+    from minillm.phases.sft import load_model
+    from minillm.shipped import SHIPPED_SFT
 
     src = args.from_ckpt or SHIPPED_SFT
     if not Path(src).exists():

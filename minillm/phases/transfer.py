@@ -137,7 +137,7 @@ def format_table(rows: list[dict]) -> str:
 def main(args) -> int:
     """``minillm finetune-classify``: the transfer-learning table on the world's sentiment task."""
     from minillm.data.sentiment import bag_of_words_accuracy
-    from minillm.pretrain_encoders import SHIPPED_BERT
+    from minillm.shipped import SHIPPED_BERT
     from minillm.tokenizer import BPETokenizer, load_default_tokenizer
 
     tok = BPETokenizer.load(args.tokenizer) if args.tokenizer else load_default_tokenizer()

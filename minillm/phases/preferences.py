@@ -363,7 +363,7 @@ def generate_replies(model, tokenizer, prompts: Sequence[dict], num_samples: int
     Returns (texts, token ids): for each prompt a list of reply strings (cut at ``<|end|>``) and the
     generated ids (``<|end|>`` included when the model wrote it).
     """
-    from minillm.chat import END, decode_reply, render_prompt
+    from minillm.chat.template import END, decode_reply, render_prompt
     from minillm.generate import generate
 
     end = tokenizer.token_to_id(END)
@@ -435,10 +435,10 @@ def offline_pairs(prompts: Sequence[dict], seed: int = 0) -> list[dict]:
 
 def tokenize_triplets(triplets: Sequence[dict], tokenizer, max_length: int | None = None
                       ) -> tuple[list[dict], int]:
-    """Chat-rendered ids and completion masks for ``minillm.dpo.PreferenceDataset``: prompt (up to and
+    """Chat-rendered ids and completion masks for ``minillm.phases.dpo.PreferenceDataset``: prompt (up to and
     including ``<|assistant|>``) mask 0, the reply and its ``<|end|>`` mask 1. Pairs longer than
     ``max_length`` are dropped; returns (examples, number dropped)."""
-    from minillm.chat import render, render_prompt
+    from minillm.chat.template import render, render_prompt
 
     out, dropped = [], 0
     for t in triplets:
@@ -539,8 +539,8 @@ def evaluate_behaviour(model, tokenizer, prompts: Sequence[dict], reference=None
                        temperature: float = 1.0, max_new_tokens: int = 48, seed: int = 0) -> dict:
     """Sample ``num_samples`` replies per prompt and report ``behaviour_rates`` over all of them; with a
     ``reference`` model, also the KL estimate E_y~π[log π(y|x) − log π_ref(y|x)] on those samples."""
-    from minillm.chat import render_prompt
-    from minillm.dpo import log_ratio_drift, pad_sequences
+    from minillm.chat.template import render_prompt
+    from minillm.phases.dpo import log_ratio_drift, pad_sequences
 
     texts, ids = generate_replies(model, tokenizer, prompts, num_samples, temperature, max_new_tokens, seed)
     flat_p = [p for p, ts in zip(prompts, texts) for _ in ts]

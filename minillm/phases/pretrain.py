@@ -16,8 +16,6 @@ from minillm import backend as B
 from minillm.models.gpt import GPT, GPTConfig
 from minillm.train import TrainConfig, lm_loss, train
 
-SHIPPED_GPT = Path(__file__).resolve().parent / "checkpoints" / "gpt_tiny.npz"
-
 
 def lm_tokens(tokenizer, data: str | None = None, num_stories: int = 20_000, seed: int = 0,
               story_weights: dict[str, float] | None = None) -> numpy.ndarray:
