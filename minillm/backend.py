@@ -117,9 +117,18 @@ def asarray(a, dtype=None):
     return xp.asarray(a, dtype=dtype)
 
 
+def unwrap(a):
+    """The backend array inside a Tensor, or ``a`` itself: ids, masks and labels may come as either.
+
+    An array is returned as it is (a NumPy or CuPy array has a ``.data`` too: its raw buffer)."""
+    if hasattr(a, "__array_interface__") or hasattr(a, "__cuda_array_interface__"):
+        return a
+    return getattr(a, "data", a)
+
+
 def to_numpy(a) -> numpy.ndarray:
-    """Host NumPy array from any backend array (or Tensor-like with ``.data``)."""
-    a = getattr(a, "data", a)
+    """Host NumPy array from any backend array (or a Tensor)."""
+    a = unwrap(a)
     if isinstance(a, numpy.ndarray):
         return a
     if hasattr(a, "get"):  # cupy.ndarray

@@ -9,6 +9,7 @@ checkpoint; a SHA-256 over every array detects a truncated or corrupted file on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -65,6 +66,35 @@ def _digest(arrays: dict) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb"):
+    """Open a temp file beside ``path`` for writing; on success it is fsynced and renamed over ``path``,
+    on any error removed. A crash mid-write therefore never leaves half a file at ``path``, and temp
+    files that an earlier, killed write left behind are removed here first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; checkpoints and data are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters quoted, so it matches only itself."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
 def save(state, path) -> None:
     """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
@@ -74,17 +104,8 @@ def save(state, path) -> None:
     meta = {"format": FORMAT, "version": VERSION, "sha256": _digest(arrays), "tree": tree}
     payload = dict(arrays)
     payload["__meta__"] = numpy.frombuffer(json.dumps(meta).encode(), dtype=numpy.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        numpy.savez(f, **payload)
 
 
 def load(path):

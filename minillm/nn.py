@@ -6,6 +6,7 @@ A ``Module`` records every ``Parameter``, sub-``Module`` and buffer assigned to 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -14,7 +15,7 @@ import numpy
 
 from minillm import backend as B
 from minillm import functional as F
-from minillm.tensor import Tensor, concat
+from minillm.tensor import Tensor, concat, no_grad
 
 
 class Parameter(Tensor):
@@ -285,6 +286,19 @@ class Sequential(Module):
         return len(self._modules)
 
 
+@contextlib.contextmanager
+def evaluating(model: Module):
+    """Evaluate inside the block: eval mode (no dropout) and no gradient tracking; the model's own mode
+    (training or not) is restored afterwards, also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
 class ModuleList(Module):
     def __init__(self, modules: Iterable[Module] = ()):
         super().__init__()
@@ -397,9 +411,9 @@ class MultiHeadAttention(Module):
             k = concat([pk, k], axis=2)  # (B, nh, Tpast + Tk, hs)
             v = concat([pv, v], axis=2)
         Tk = k.shape[2]
-        allowed = None if mask is None else B.xp.asarray(getattr(mask, "data", mask), dtype=bool)
+        allowed = None if mask is None else B.xp.asarray(B.unwrap(mask), dtype=bool)
         if key_padding_mask is not None:
-            kpm = B.xp.asarray(getattr(key_padding_mask, "data", key_padding_mask), dtype=bool)
+            kpm = B.xp.asarray(B.unwrap(key_padding_mask), dtype=bool)
             if kpm.ndim == 2 and kpm.shape[0] == Bsz and kpm.shape[1] < Tk:  # the past is never padding
                 kpm = B.xp.concatenate([B.xp.zeros((Bsz, Tk - kpm.shape[1]), dtype=bool), kpm], axis=1)
             if kpm.shape != (Bsz, Tk):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from minillm import backend as B
+from minillm.models.gpt import GPT
 
 
 def phase_pretrain(ctx: dict) -> dict:
@@ -65,12 +66,12 @@ def phase_sft(ctx: dict) -> dict:
     small GPT when none ships), with held-out evaluation before and after (``minillm.phases.sft``)."""
     from pathlib import Path
 
-    from minillm.phases.sft import load_model, run_sft, summary_rows
+    from minillm.phases.sft import run_sft, summary_rows
 
     src = ctx.get("shipped_gpt")
     if not src or not Path(src).exists():
         src = ctx["gpt_ckpt"]
-    model, tok = load_model(src)
+    model, tok = GPT.load_with_tokenizer(src)
     if model.config.context_length < 96:  # the chat data needs ~100 tokens per conversation
         return {"skipped": f"{Path(src).name} has a {model.config.context_length}-token context; SFT needs "
                            "~100 (ship minillm/checkpoints/gpt_tiny.npz)"}
@@ -95,7 +96,7 @@ def shipped_sft_effects(base: str, tok, quick: bool) -> dict:
     from minillm.phases import sft
 
     n_code, n_cot, n_tools = (2, 4, 2) if quick else (40, 200, 24)  # the README's held-out sets
-    base_model = sft.load_model(base)[0]
+    base_model = GPT.load_with_tokenizer(base)[0]
     out = {}
     for path, kind, n in ((shipped.SHIPPED_SFT_CODE, "code", n_code),
                           (shipped.SHIPPED_SFT_COT, "cot+direct", n_cot),
@@ -104,7 +105,7 @@ def shipped_sft_effects(base: str, tok, quick: bool) -> dict:
             continue
         held = sft.heldout_for(kind, n)
         before = sft.evaluate_sft(base_model, tok, held)
-        after = sft.evaluate_sft(sft.load_model(path)[0], tok, held)
+        after = sft.evaluate_sft(GPT.load_with_tokenizer(path)[0], tok, held)
         name = Path(path).name
         if kind == "code":
             out[f"shipped {name}: code pass@1 ({n} prompts)"] = (
@@ -128,8 +129,8 @@ def phase_dpo(ctx: dict) -> dict:
     rule-based judge, DPO against a frozen copy, and the behaviour table pre-trained -> SFT -> DPO."""
     from pathlib import Path
 
+    from minillm.models.gpt import GPT
     from minillm.phases.dpo import run_dpo_phase
-    from minillm.phases.sft import load_model
     from minillm.shipped import SHIPPED_SFT
 
     cands = [ctx.get("sft_ckpt"), str(SHIPPED_SFT), ctx.get("shipped_gpt")]
@@ -137,12 +138,12 @@ def phase_dpo(ctx: dict) -> dict:
     if src is None:
         return {"skipped": "no SFT or shipped GPT checkpoint to start from (ship "
                            "minillm/checkpoints/gpt_tiny.npz)"}
-    policy, tok = load_model(src)
+    policy, tok = GPT.load_with_tokenizer(src)
     if policy.config.context_length < 96:
         return {"skipped": f"{Path(src).name} has a {policy.config.context_length}-token context; the chat "
                            "prompts need ~100"}
     before = ctx.get("shipped_gpt")
-    pretrained = load_model(before)[0] if before and Path(before).exists() else None
+    pretrained = GPT.load_with_tokenizer(before)[0] if before and Path(before).exists() else None
     chat_trained = src != ctx.get("shipped_gpt")  # a GPT that never saw the chat template needs more SFT
     size = (dict(steps=4, sft_steps=4, batch_size=4, eval_samples=1, rpo_alpha=1.0) if ctx["quick"] else
             dict(steps=DPO_STEPS, sft_steps=DPO_SFT_STEPS if chat_trained else 2 * DPO_SFT_STEPS,

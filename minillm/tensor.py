@@ -302,10 +302,10 @@ class Tensor:
         return self._lift(other) @ self
 
     # comparisons give plain boolean arrays (no gradient)
-    def __lt__(self, o): return Tensor(self.data < getattr(o, "data", o))  # noqa: E704
-    def __le__(self, o): return Tensor(self.data <= getattr(o, "data", o))  # noqa: E704
-    def __gt__(self, o): return Tensor(self.data > getattr(o, "data", o))  # noqa: E704
-    def __ge__(self, o): return Tensor(self.data >= getattr(o, "data", o))  # noqa: E704
+    def __lt__(self, o): return Tensor(self.data < B.unwrap(o))  # noqa: E704
+    def __le__(self, o): return Tensor(self.data <= B.unwrap(o))  # noqa: E704
+    def __gt__(self, o): return Tensor(self.data > B.unwrap(o))  # noqa: E704
+    def __ge__(self, o): return Tensor(self.data >= B.unwrap(o))  # noqa: E704
 
     # ------------------------------------------------------------------ unary math
     def exp(self) -> Tensor:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import heapq
 import json
 import operator
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+
+from minillm.checkpoint import atomic_write
 
 DEFAULT_SPECIAL_TOKENS: list[str] = [
     "<|endoftext|>", "<|pad|>", "[MASK]", "[CLS]", "[SEP]",
@@ -356,16 +356,8 @@ class BPETokenizer:
         text = json.dumps(self.to_dict(), ensure_ascii=False, indent=1)
         # one merge per line keeps the file readable without making it thousands of lines per pair
         text = re.sub(r"\[\n\s+(\d+),\n\s+(\d+)\n\s+\]", r"[\1, \2]", text)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a tokenizer is meant to be shared
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, "w") as f:
+            f.write(text + "\n")
 
     @classmethod
     def from_dict(cls, d, source: str = "tokenizer data") -> BPETokenizer:

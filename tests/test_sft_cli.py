@@ -116,16 +116,16 @@ def test_shipped_specialists_answer_held_out_prompts():
     from minillm.chat import template as chat
     from minillm.chat.sandbox import run_tests
     from minillm.data.word_problems import extract_answer
-    from minillm.phases.sft import heldout_for, load_model
+    from minillm.phases.sft import heldout_for
     from minillm.shipped import SHIPPED_SFT_CODE, SHIPPED_SFT_COT
 
     for path, task in [(SHIPPED_SFT_CODE, "code"), (SHIPPED_SFT_COT, "cot+direct")]:
         assert minillm.load(path)["sft"]["task"] == task
-    model, tok = load_model(SHIPPED_SFT_CODE)
+    model, tok = GPT.load_with_tokenizer(SHIPPED_SFT_CODE)
     gen = chat.make_generate_fn(model, tok, max_new_tokens=None)
     ex = heldout_for("code", 40)["code"][0]
     assert run_tests(gen(ex["messages"][:1]), ex["meta"]["entry_point"], ex["meta"]["tests"]).ok
-    model, tok = load_model(SHIPPED_SFT_COT)
+    model, tok = GPT.load_with_tokenizer(SHIPPED_SFT_COT)
     gen = chat.make_generate_fn(model, tok, max_new_tokens=None)
     ex = next(e for e in heldout_for("cot+direct", 200)["cot"] if e["meta"]["steps"] == 4)
     assert extract_answer(gen(ex["messages"][:1])) == ex["meta"]["answer"]

@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import numpy
 
+from minillm import backend as B
+
 SYSTEM, USER, ASSISTANT = "<|system|>", "<|user|>", "<|assistant|>"
 TOOL_CALL, TOOL_RESULT, END = "<|tool_call|>", "<|tool_result|>", "<|end|>"
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT, "tool": TOOL_RESULT}
@@ -160,7 +162,7 @@ def make_generate_fn(model, tokenizer, max_new_tokens: int | None = 64, temperat
         n_new = max_new_tokens if max_new_tokens is not None else ctx - len(prompt)
         out = generate(model, prompt, max_new_tokens=n_new, temperature=temperature, top_k=top_k,
                        stop_tokens=[end], seed=seed)
-        out = numpy.asarray(getattr(out, "data", out)).reshape(-1)[len(prompt):]
+        out = B.to_numpy(out).reshape(-1)[len(prompt):]
         return decode_reply(tokenizer, out)
 
     return reply

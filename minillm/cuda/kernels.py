@@ -312,7 +312,7 @@ class FusedAttention:
         """The mask's shape when it only depends on the key ((..., 1, Tk) or (Tk,)), else None."""
         if mask is None:
             return None
-        mask = getattr(mask, "data", mask)
+        mask = B.unwrap(mask)
         shape = tuple(getattr(mask, "shape", ()))
         if len(shape) == 0 or shape[-1] not in (1, Tk) or (len(shape) >= 2 and shape[-2] != 1):
             return None
@@ -344,7 +344,7 @@ class FusedAttention:
         BH = math.prod(batch)
         kpm = None
         if mask is not None:
-            allowed = xp.asarray(getattr(mask, "data", mask), dtype=bool)
+            allowed = xp.asarray(B.unwrap(mask), dtype=bool)
             kpm = xp.broadcast_to(allowed, batch + (1, Tk)).reshape(BH, Tk).astype(numpy.uint8)
         q3, k3, v3 = q.reshape(BH, Tq, d), k.reshape(BH, Tk, d), v.reshape(BH, Tk, d)  # (BH, T, d)
         version = ATTENTION_VERSION

@@ -8,25 +8,15 @@ without it can still be trained on.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
+
+from minillm.checkpoint import atomic_write
 
 
 def write_jsonl(examples: list[dict], path) -> None:
     """Write examples one JSON object per line (atomically: temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for ex in examples:
-                f.write(json.dumps(ex, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        for ex in examples:
+            f.write(json.dumps(ex, ensure_ascii=False) + "\n")
 
 
 def read_jsonl(path) -> list[dict]:

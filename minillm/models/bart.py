@@ -46,7 +46,7 @@ class BARTConfig:
 
 def shift_right(labels, start_id: int, pad_id: int):
     """Decoder inputs from labels (teacher forcing): [start, y0, y1, ...], with -100 turned into padding."""
-    lab = B.xp.asarray(getattr(labels, "data", labels))
+    lab = B.xp.asarray(B.unwrap(labels))
     if lab.ndim == 1:
         lab = lab[None, :]
     out = B.xp.full(lab.shape, pad_id, dtype=B.xp.int64)
@@ -114,7 +114,7 @@ class BART(nn.Module):
         logits = self.decode(decoder_input_ids, memory, pad)
         loss = None
         if labels is not None:
-            lab = B.xp.asarray(getattr(labels, "data", labels)).reshape(logits.shape[:2])
+            lab = B.xp.asarray(B.unwrap(labels)).reshape(logits.shape[:2])
             loss = F.cross_entropy(logits, lab)
         return logits, loss
 

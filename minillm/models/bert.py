@@ -56,7 +56,7 @@ def init_weights(model: nn.Module, n_layers: int) -> None:
 
 def as_ids(ids, vocab_size: int, max_len: int, who: str):
     """Integer (B, T) ids, or a clear error naming the bad id or length."""
-    ids = B.xp.asarray(getattr(ids, "data", ids))
+    ids = B.xp.asarray(B.unwrap(ids))
     if ids.ndim == 1:
         ids = ids[None, :]
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
@@ -73,7 +73,7 @@ def as_ids(ids, vocab_size: int, max_len: int, who: str):
 def padding_mask(ids, attention_mask, pad_id: int | None):
     """Boolean (B, T), True on padding keys: from ``attention_mask`` (1 = real token) or ``pad_id``."""
     if attention_mask is not None:
-        am = B.xp.asarray(getattr(attention_mask, "data", attention_mask))
+        am = B.xp.asarray(B.unwrap(attention_mask))
         if am.ndim == 1:
             am = am[None, :]
         if am.shape != ids.shape:
@@ -120,7 +120,7 @@ class BERT(nn.Module):
         if token_type_ids is None:
             types = B.xp.zeros_like(ids)
         else:
-            types = B.xp.asarray(getattr(token_type_ids, "data", token_type_ids)).reshape(ids.shape)
+            types = B.xp.asarray(B.unwrap(token_type_ids)).reshape(ids.shape)
         pad = padding_mask(ids, attention_mask, c.pad_id)
         x = self.tok_emb(ids) + self.pos_emb(B.xp.arange(T)) + self.seg_emb(types)  # (B, T, C)
         x = self.drop(x)
@@ -151,13 +151,13 @@ class BERT(nn.Module):
         if labels is None:
             mlm_logits = self.mlm_logits(h)  # (B, T, V)
         else:
-            lab = B.xp.asarray(getattr(labels, "data", labels)).reshape(h.shape[:2])
+            lab = B.xp.asarray(B.unwrap(labels)).reshape(h.shape[:2])
             idx = B.xp.flatnonzero(lab.reshape(-1) != -100)
             mlm_logits = self.mlm_logits(h.reshape(-1, h.shape[-1])[idx])  # (N, V)
             if idx.size:
                 loss = F.cross_entropy(mlm_logits, lab.reshape(-1)[idx])
         if next_sentence_label is not None:
-            nsl = B.xp.asarray(getattr(next_sentence_label, "data", next_sentence_label)).reshape(-1)
+            nsl = B.xp.asarray(B.unwrap(next_sentence_label)).reshape(-1)
             nsp_loss = F.cross_entropy(nsp_logits, nsl)
             loss = nsp_loss if loss is None else loss + nsp_loss
         return mlm_logits, nsp_logits, loss
@@ -241,7 +241,7 @@ class BERTForSequenceClassification(nn.Module):
         if self.pooling == "cls":
             pooled = self.bert.pooled(h)  # (B, C)
         elif self.pooling == "mask":
-            ids = B.xp.asarray(getattr(input_ids, "data", input_ids)).reshape(h.shape[:2])
+            ids = B.xp.asarray(B.unwrap(input_ids)).reshape(h.shape[:2])
             has = (ids == self.mask_id).any(axis=1)
             if not bool(has.all()):
                 raise ValueError(f"BERTForSequenceClassification(pooling='mask'): rows "
@@ -262,5 +262,5 @@ class BERTForSequenceClassification(nn.Module):
                             axis=-1)  # (B, num_labels)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits, B.xp.asarray(getattr(labels, "data", labels)).reshape(-1))
+            loss = F.cross_entropy(logits, B.xp.asarray(B.unwrap(labels)).reshape(-1))
         return logits, loss

@@ -15,6 +15,7 @@ from minillm import backend as B
 from minillm import functional as F
 from minillm import nn
 from minillm.checkpoint import CheckpointError, load, save
+from minillm.tokenizer import BPETokenizer
 
 
 @dataclass
@@ -70,7 +71,7 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------ forward
     def check_ids(self, ids, past_len: int = 0):
         """ids as an integer (B, T) array, or a clear error: out-of-vocabulary ids and over-long inputs."""
-        ids = B.xp.asarray(getattr(ids, "data", ids))
+        ids = B.xp.asarray(B.unwrap(ids))
         if ids.ndim == 1:
             ids = ids[None, :]
         if ids.ndim != 2 or ids.dtype.kind not in "iu":
@@ -121,7 +122,7 @@ class GPT(nn.Module):
         logits = self.lm_head(h)  # (B, T, V)
         loss = None
         if targets is not None:
-            targets = B.xp.asarray(getattr(targets, "data", targets)).reshape(logits.shape[:-1])
+            targets = B.xp.asarray(B.unwrap(targets)).reshape(logits.shape[:-1])
             loss = F.cross_entropy(logits, targets)
         return (logits, loss, present) if use_cache else (logits, loss)
 
@@ -156,6 +157,13 @@ class GPT(nn.Module):
         save(state, path)
 
     @classmethod
+    def load_with_tokenizer(cls, path) -> tuple[GPT, BPETokenizer]:
+        """The GPT in a checkpoint and its tokenizer (the shipped one if the checkpoint embeds none)."""
+        from minillm.tokenizer import load_default_tokenizer
+
+        return cls.from_checkpoint(path), load_checkpoint_tokenizer(path) or load_default_tokenizer()
+
+    @classmethod
     def from_checkpoint(cls, path) -> GPT:
         """A GPT rebuilt from a checkpoint written by ``save_checkpoint`` or ``minillm.train.train``."""
         state = load(path)
@@ -169,7 +177,6 @@ class GPT(nn.Module):
 
 def load_checkpoint_tokenizer(path):
     """The tokenizer embedded in a checkpoint, or None if it has none."""
-    from minillm.tokenizer import BPETokenizer
 
     state = load(path)
     tok = state.get("tokenizer") if isinstance(state, dict) else None

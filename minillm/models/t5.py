@@ -164,7 +164,7 @@ class T5(nn.Module):
         logits = self.decode(decoder_input_ids, memory, pad)
         loss = None
         if labels is not None:
-            lab = B.xp.asarray(getattr(labels, "data", labels)).reshape(logits.shape[:2])
+            lab = B.xp.asarray(B.unwrap(labels)).reshape(logits.shape[:2])
             loss = F.cross_entropy(logits, lab)
         return logits, loss
 

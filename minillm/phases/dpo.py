@@ -141,8 +141,8 @@ def sequence_logps(model, ids, completion_mask, average: bool = False) -> Tensor
     ``model(ids)`` must return logits (B, T, V) or a tuple whose first item they are. ``average`` divides
     by the number of completion tokens (IPO's length-normalised log-prob).
     """
-    ids = numpy.asarray(B.to_numpy(getattr(ids, "data", ids)))
-    mask = numpy.asarray(B.to_numpy(getattr(completion_mask, "data", completion_mask)))
+    ids = B.to_numpy(ids)
+    mask = B.to_numpy(completion_mask)
     if ids.ndim != 2 or mask.shape != ids.shape:
         raise ValueError(f"sequence_logps: ids and completion_mask must both be (B, T), got {ids.shape} "
                          f"and {mask.shape}")
@@ -500,16 +500,16 @@ def main_dpo(args) -> int:
     from pathlib import Path
 
     from minillm import backend as Bk
+    from minillm.models.gpt import GPT
     from minillm.phases.preferences import read_triplets, write_triplets
-    from minillm.phases.sft import load_model
     from minillm.shipped import SHIPPED_SFT
 
     src = args.from_ckpt or SHIPPED_SFT
     if not Path(src).exists():
         raise SystemExit(f"minillm dpo: checkpoint {str(src)!r} does not exist (pass --from CKPT)")
     Bk.manual_seed(args.seed)
-    policy, tok = load_model(src)
-    before = load_model(args.before)[0] if args.before else None
+    policy, tok = GPT.load_with_tokenizer(src)
+    before = GPT.load_with_tokenizer(args.before)[0] if args.before else None
     triplets = read_triplets(args.pairs) if args.pairs else None
     res = run_dpo_phase(policy, tok, pretrained=before, steps=args.steps, beta=args.beta,
                         loss_type=args.loss_type, label_smoothing=args.label_smoothing, lr=args.lr,

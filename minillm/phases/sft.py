@@ -18,6 +18,7 @@ from collections import defaultdict
 import numpy
 
 from minillm.chat import template as chat
+from minillm.models.gpt import GPT
 from minillm.shipped import SHIPPED_SFT
 from minillm.train import TrainConfig, train
 
@@ -266,14 +267,6 @@ def run_sft(model, tokenizer, task: str = "mix", steps: int = 1000, n_train: int
             "dropped_too_long": dropped, "train_seconds": t_train, "eval_seconds": t_eval}
 
 
-def load_model(path):
-    """A GPT and its tokenizer from a checkpoint (the shipped tokenizer if the checkpoint has none)."""
-    from minillm.models.gpt import GPT, load_checkpoint_tokenizer
-    from minillm.tokenizer import load_default_tokenizer
-
-    return GPT.from_checkpoint(path), load_checkpoint_tokenizer(path) or load_default_tokenizer()
-
-
 def print_report(res: dict) -> None:
     print(f"trained on {res['train_examples']} examples ({res['dropped_too_long']} dropped as longer than "
           f"the context) in {res['train_seconds']:.0f} s; final train loss {res['history']['loss'][-1]:.3f}")
@@ -286,7 +279,7 @@ def main_sft(args) -> int:
     """``minillm sft --task code|cot|direct|cot+direct|tools|mix --from CKPT``."""
     from minillm.shipped import SHIPPED_GPT
 
-    model, tok = load_model(args.from_ckpt or SHIPPED_GPT)
+    model, tok = GPT.load_with_tokenizer(args.from_ckpt or SHIPPED_GPT)
     res = run_sft(model, tok, task=args.task, steps=args.steps, n_train=args.n_train, n_eval=args.n_eval,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, data=args.data,
                   evaluate=not args.no_eval, progress=not args.no_progress, out_dtype=args.export_dtype)
@@ -302,7 +295,7 @@ def main_chat(args) -> int:
 
     from minillm.chat.tools import default_registry, run_agent_turn
 
-    model, tok = load_model(args.ckpt or SHIPPED_SFT)
+    model, tok = GPT.load_with_tokenizer(args.ckpt or SHIPPED_SFT)
     generate = chat.make_generate_fn(model, tok, max_new_tokens=args.max_new_tokens,
                                      temperature=args.temperature, seed=args.seed)
     registry = default_registry()
