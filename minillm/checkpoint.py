@@ -116,7 +116,13 @@ def load(path):
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"PK\x03\x04":  # every .npz is a zip archive; a .npy or a text file is not
+            raise CheckpointError(f"{path} is not a minillm checkpoint (not an .npz archive)")
         with numpy.load(path, allow_pickle=False) as z:
             if "__meta__" not in z.files:
                 raise CheckpointError(f"{path} is not a minillm checkpoint (no metadata)")
@@ -127,8 +133,12 @@ def load(path):
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError,
             NotImplementedError) as e:  # a flipped header byte can claim an unknown zip version/method
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {type(e).__name__}: {e}") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a minillm checkpoint (format {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path} is not a minillm checkpoint (format {found!r})")
     if _digest(arrays) != meta.get("sha256"):
         raise CheckpointError(f"checkpoint {path} failed its checksum: the file is corrupt")
-    return _unflatten(meta["tree"], arrays)
+    try:
+        return _unflatten(meta["tree"], arrays)
+    except (KeyError, TypeError) as e:  # a hand-made file whose tree names arrays it does not hold
+        raise CheckpointError(f"checkpoint {path} has inconsistent metadata: {type(e).__name__}: {e}") from e

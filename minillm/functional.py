@@ -288,47 +288,25 @@ def causal_mask(Tq: int, Tk: int | None = None):
     return B.xp.tril(B.xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq)
 
 
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_causal: bool = False,
-                                 scale: float | None = None, bias: Tensor | None = None,
-                                 return_weights: bool = False, dropout_p: float = 0.0):
-    """softmax(q kᵀ · scale + bias, masked) v over the last two axes, with a fused backward.
-
-    q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv). ``mask`` is boolean, broadcastable to
-    (..., Tq, Tk), True where attention is allowed (PyTorch's convention). ``is_causal`` adds the causal
-    mask aligned to the end (so a query block can attend to a longer cached past). ``bias`` is an additive
-    score bias (T5's relative positions) that also receives a gradient. With ``return_weights`` the
-    attention probabilities come back too, for plotting. ``dropout_p`` drops attention probabilities
-    (inverted dropout, mask drawn from ``minillm.manual_seed``'s generator) before they weigh v, as
-    PyTorch's ``dropout_p``; pass 0 outside training.
-    """
-    q, k, v = _t(q), _t(k), _t(v)
-    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} don't fit "
-                         "(need q[-1] == k[-1] and k[-2] == v[-2])")
+def _attention_setup(q: Tensor, k: Tensor, v: Tensor | None, mask, is_causal: bool, scale: float | None,
+                     dropout_p: float, who: str) -> tuple[float, object]:
+    """Check the operands; the scale and the boolean allowed mask (or None) attention uses."""
+    if q.shape[-1] != k.shape[-1] or (v is not None and k.shape[-2] != v.shape[-2]):
+        raise ValueError(f"{who}: q {q.shape}, k {k.shape}" + ("" if v is None else f", v {v.shape}")
+                         + " don't fit (need q[-1] == k[-1] and k[-2] == v[-2])")
     if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
-    d = q.shape[-1]
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    Tq, Tk = q.shape[-2], k.shape[-2]
+        raise ValueError(f"{who}: dropout_p must be in [0, 1), got {dropout_p}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     allowed = None if mask is None else B.xp.asarray(_raw(mask), dtype=bool)
     if is_causal:
-        cm = causal_mask(Tq, Tk)
+        cm = causal_mask(q.shape[-2], k.shape[-2])
         allowed = cm if allowed is None else (allowed & cm)
+    return scale, allowed
 
-    fused = getattr(B, "fused_attention", None)
-    if (fused is not None and bias is None and not return_weights and dropout_p == 0.0
-            and fused.supports(q.data, k.data, v.data, mask, is_causal)):
-        o, ctx = fused.forward(q.data, k.data, v.data, _raw(mask), is_causal, scale)
-        out = Tensor._result(o, (q, k, v), "attention")
-        if out.requires_grad:
-            def fused_backward(g):
-                dq, dk, dv = fused.backward(g, ctx)
-                q._accum(dq)
-                k._accum(dk)
-                v._accum(dv)
-            out._backward = fused_backward
-        return out
 
+def _attention_probs(q: Tensor, k: Tensor, allowed, scale: float, bias, dropout_p: float):
+    """Raw arrays (P, P̃, keep): softmax(q kᵀ · scale + bias, masked) (..., Tq, Tk), the probabilities after
+    inverted dropout, and the dropout's keep mask (None without dropout)."""
     s = B.matmul_nt(q.data, k.data)  # (..., Tq, Tk); updated in place below (it is a fresh array)
     s *= scale
     if bias is not None:
@@ -341,7 +319,49 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_
     keep = None
     if dropout_p > 0.0:  # P̃ = P ⊙ keep, keep ∈ {0, 1/(1-p)}
         keep = (B.rand(*p.shape, dtype=p.dtype) >= dropout_p).astype(p.dtype) / (1.0 - dropout_p)
-    pd = p if keep is None else p * keep
+    return p, (p if keep is None else p * keep), keep
+
+
+def attention_probs(q: Tensor, k: Tensor, mask=None, is_causal: bool = False, scale: float | None = None,
+                    bias: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
+    """The attention probabilities softmax(q kᵀ · scale + bias, masked), (..., Tq, Tk), for plotting (no
+    gradient). Arguments as ``scaled_dot_product_attention``; with ``dropout_p`` the dropped, rescaled
+    probabilities, the same draw that function makes after the same ``minillm.manual_seed``."""
+    q, k = _t(q), _t(k)
+    scale, allowed = _attention_setup(q, k, None, mask, is_causal, scale, dropout_p, "attention_probs")
+    return Tensor(_attention_probs(q, k, allowed, scale, bias, dropout_p)[1])
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_causal: bool = False,
+                                 scale: float | None = None, bias: Tensor | None = None,
+                                 dropout_p: float = 0.0) -> Tensor:
+    """softmax(q kᵀ · scale + bias, masked) v over the last two axes, with a fused backward.
+
+    q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv) → (..., Tq, dv). ``mask`` is boolean, broadcastable to
+    (..., Tq, Tk), True where attention is allowed (PyTorch's convention). ``is_causal`` adds the causal
+    mask aligned to the end (so a query block can attend to a longer cached past). ``bias`` is an additive
+    score bias (T5's relative positions) that also receives a gradient. ``dropout_p`` drops attention
+    probabilities (inverted dropout, mask drawn from ``minillm.manual_seed``'s generator) before they weigh
+    v, as PyTorch's ``dropout_p``; pass 0 outside training. ``attention_probs`` gives the probabilities.
+    """
+    q, k, v = _t(q), _t(k), _t(v)
+    scale, allowed = _attention_setup(q, k, v, mask, is_causal, scale, dropout_p, "attention")
+
+    fused = getattr(B, "fused_attention", None)
+    if (fused is not None and bias is None and dropout_p == 0.0
+            and fused.supports(q.data, k.data, v.data, mask, is_causal)):
+        o, ctx = fused.forward(q.data, k.data, v.data, _raw(mask), is_causal, scale)
+        out = Tensor._result(o, (q, k, v), "attention")
+        if out.requires_grad:
+            def fused_backward(g):
+                dq, dk, dv = fused.backward(g, ctx)
+                q._accum(dq)
+                k._accum(dk)
+                v._accum(dv)
+            out._backward = fused_backward
+        return out
+
+    p, pd, keep = _attention_probs(q, k, allowed, scale, bias, dropout_p)
     o = B.xp.matmul(pd, v.data)  # (..., Tq, dv)
     parents = (q, k, v) + ((bias,) if isinstance(bias, Tensor) else ())
     out = Tensor._result(o, parents, "attention")
@@ -369,6 +389,4 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_
             if isinstance(bias, Tensor) and bias.requires_grad:
                 bias._accum(ds)
         out._backward = backward
-    if return_weights:
-        return out, Tensor(pd)
     return out

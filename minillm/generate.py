@@ -1,8 +1,8 @@
 """Text generation from a causal language model: greedy, temperature, top-k and top-p sampling.
 
 With ``use_cache`` each new token costs one position's forward pass: the keys and values of earlier
-positions are kept (the KV cache) instead of being recomputed. Both paths condition on the same window of
-tokens, so they produce the same tokens.
+positions are kept (the KV cache, ``model.forward_cached``) instead of being recomputed. Both paths condition
+on the same window of tokens, so they produce the same tokens.
 
 Past the context length the window slides: it drops to the last ``slide_keep`` tokens (default half the
 context), then grows again up to the context length. With learned absolute positions a cache cannot shift
@@ -13,10 +13,13 @@ the cost of a full prefill per token once the context is full.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy
 
 from minillm import backend as B
-from minillm.tensor import no_grad
+from minillm.nn import evaluating
 
 
 def window_start(n: int, context_length: int, slide_keep: int) -> int:
@@ -80,6 +83,15 @@ def generate(model, ids, max_new_tokens: int, temperature: float = 1.0, top_k: i
     seq = arr[None, :] if squeeze else arr
     if seq.ndim != 2 or seq.shape[1] == 0:
         raise ValueError(f"generate: need a non-empty prompt of shape (T,) or (B, T), got {arr.shape}")
+    if seq.dtype.kind not in "iu":  # 2.7 is not a token: casting it would hide a bug upstream
+        raise TypeError(f"generate: token ids must be integers, got {seq.dtype}")
+    whole = isinstance(max_new_tokens, numbers.Integral) and not isinstance(max_new_tokens, bool)
+    if not whole or max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    if not (greedy or (math.isfinite(temperature) and temperature >= 0)):
+        raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and top_k < 1 or top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"generate: top_k must be >= 1 and top_p in (0, 1], got {top_k!r} and {top_p!r}")
     seq = seq.astype(numpy.int64)
     ctx = model.config.context_length
     keep = ctx // 2 if slide_keep is None else int(slide_keep)
@@ -90,32 +102,27 @@ def generate(model, ids, max_new_tokens: int, temperature: float = 1.0, top_k: i
     temperature = 0.0 if greedy else temperature
     done = numpy.zeros(seq.shape[0], dtype=bool)
     fill = numpy.zeros(seq.shape[0], dtype=numpy.int64)
-    was_training = model.training
-    model.eval()
     cache, cache_start = None, -1
-    try:
-        with no_grad():
-            for _ in range(max_new_tokens):
-                n = seq.shape[1]
-                s = window_start(n, ctx, keep)
-                if use_cache and cache is not None and s == cache_start:
-                    logits, _, cache = model(seq[:, n - 1:], past_kv=cache, use_cache=True)  # one position
-                elif use_cache:
-                    logits, _, cache = model(seq[:, s:], use_cache=True)  # prefill the window
-                    cache_start = s
-                else:
-                    logits, _ = model(seq[:, s:])
-                nxt = sample_next(logits.data[:, -1, :], temperature, top_k, top_p, rng)
-                nxt = numpy.where(done, fill if pad_id is None else pad_id, nxt).astype(numpy.int64)
-                seq = numpy.concatenate([seq, nxt[:, None]], axis=1)
-                if stops:
-                    hit = ~done & numpy.isin(nxt, list(stops))
-                    fill = numpy.where(hit, nxt, fill)
-                    done |= hit
-                    if done.all():
-                        break
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        for _ in range(max_new_tokens):
+            n = seq.shape[1]
+            s = window_start(n, ctx, keep)
+            if use_cache and cache is not None and s == cache_start:
+                logits, cache = model.forward_cached(seq[:, n - 1:], past_kv=cache)  # one position
+            elif use_cache:
+                logits, cache = model.forward_cached(seq[:, s:])  # prefill the window
+                cache_start = s
+            else:
+                logits, _ = model(seq[:, s:])
+            nxt = sample_next(logits.data[:, -1, :], temperature, top_k, top_p, rng)
+            nxt = numpy.where(done, fill if pad_id is None else pad_id, nxt).astype(numpy.int64)
+            seq = numpy.concatenate([seq, nxt[:, None]], axis=1)
+            if stops:
+                hit = ~done & numpy.isin(nxt, list(stops))
+                fill = numpy.where(hit, nxt, fill)
+                done |= hit
+                if done.all():
+                    break
     return seq[0] if squeeze else seq
 
 
@@ -131,3 +138,38 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, **kwa
     if new and new[-1] in set(kwargs["stop_tokens"]):
         new = new[:-1]
     return tokenizer.decode(new)
+
+
+# ------------------------------------------------------------------------------ ``minillm generate``
+def add_arguments(p) -> None:
+    """The ``minillm generate`` options."""
+    from minillm import options as opt
+
+    p.add_argument("--ckpt", type=opt.input_file,
+                   help="checkpoint (default: the shipped minillm/checkpoints/gpt_tiny.npz)")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=opt.positive_int, default=100)
+    p.add_argument("--temperature", type=opt.positive_float, default=0.8, help="> 0 (use --greedy for 0)")
+    p.add_argument("--top-k", type=opt.positive_int, default=None)
+    p.add_argument("--top-p", type=opt.top_p_value, default=None)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=opt.nonnegative_int, default=None, help="seed for reproducible sampling")
+    p.add_argument("--num-samples", type=opt.positive_int, default=1)
+    p.add_argument("--no-cache", action="store_true", help="recompute every position (no KV cache)")
+
+
+def main(args) -> int:
+    """``minillm generate``: sample ``--num-samples`` continuations of ``--prompt`` from a GPT checkpoint."""
+    from minillm.models.gpt import GPT
+    from minillm.shipped import SHIPPED_GPT
+
+    model, tok = GPT.load_with_tokenizer(args.ckpt or SHIPPED_GPT)
+    for i in range(args.num_samples):
+        seed = None if args.seed is None else args.seed + i
+        text = generate_text(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=seed,
+                             use_cache=not args.no_cache)
+        print(args.prompt + text)
+        if i + 1 < args.num_samples:
+            print("---")
+    return 0

@@ -378,28 +378,16 @@ class MultiHeadAttention(Module):
         Bsz, T, _ = t.shape
         return t.reshape(Bsz, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, mask=None, key_padding_mask=None,
-                is_causal: bool = False, past_kv: tuple | None = None, use_cache: bool = False,
-                need_weights: bool = False, position_bias: Tensor | None = None):
-        """Attend from ``x`` (B, Tq, C) to ``context`` (B, Tk, C), or to ``x`` itself when no context.
-
-        mask: boolean, broadcastable to (B, nh, Tq, Tk), True where attention is allowed.
-        key_padding_mask: boolean (B, Tk), True marks a padding key nobody may attend to (with a past,
-            either (B, Tpast + Tk) or (B, Tk), in which case the past keys count as real).
-        is_causal: query i sees keys up to its own position (aligned to the end, so it works with a past).
-        past_kv: (k, v), each (B, nh, Tpast, hs), prepended to this call's keys and values: a KV cache, or
-            trainable prefixes (prefix tuning) — gradients flow into them.
-        position_bias: additive score bias broadcastable to (B, nh, Tq, Tk) (T5); it gets a gradient.
-
-        Returns y (B, Tq, C); with ``use_cache`` also present_kv = (k, v) including the past; with
-        ``need_weights`` also the attention probabilities (B, nh, Tq, Tk). Order: y, [present_kv], [weights].
-        """
+    def _project(self, x: Tensor, context: Tensor | None, mask, key_padding_mask, past_kv: tuple | None
+                 ) -> tuple[Tensor, Tensor, Tensor, object]:
+        """q (B, nh, Tq, hs), k and v (B, nh, Tpast + Tk, hs) with the past prepended, and the boolean
+        allowed mask (or None) from ``mask`` and ``key_padding_mask``."""
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"MultiHeadAttention: expected x of shape (B, T, {self.d_model}), got {x.shape}")
         src = x if context is None else context
         if src.ndim != 3 or src.shape[0] != x.shape[0] or src.shape[-1] != self.d_model:
             raise ValueError(f"MultiHeadAttention: context {src.shape} does not fit x {x.shape}")
-        Bsz, Tq, C = x.shape
+        Bsz = x.shape[0]
         q = self._heads(self.q_proj(x))    # (B, nh, Tq, hs)
         k = self._heads(self.k_proj(src))  # (B, nh, Tk, hs)
         v = self._heads(self.v_proj(src))  # (B, nh, Tk, hs)
@@ -421,15 +409,42 @@ class MultiHeadAttention(Module):
                                  f"expected (batch, keys) = ({Bsz}, {Tk})")
             keep = ~kpm[:, None, None, :]  # (B, 1, 1, Tk)
             allowed = keep if allowed is None else (allowed & keep)
+        return q, k, v, allowed
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask=None, key_padding_mask=None,
+                is_causal: bool = False, past_kv: tuple | None = None,
+                position_bias: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Attend from ``x`` (B, Tq, C) to ``context`` (B, Tk, C), or to ``x`` itself when no context.
+
+        mask: boolean, broadcastable to (B, nh, Tq, Tk), True where attention is allowed.
+        key_padding_mask: boolean (B, Tk), True marks a padding key nobody may attend to (with a past,
+            either (B, Tpast + Tk) or (B, Tk), in which case the past keys count as real).
+        is_causal: query i sees keys up to its own position (aligned to the end, so it works with a past).
+        past_kv: (k, v), each (B, nh, Tpast, hs), prepended to this call's keys and values: a KV cache, or
+            trainable prefixes (prefix tuning) — gradients flow into them.
+        position_bias: additive score bias broadcastable to (B, nh, Tq, Tk) (T5); it gets a gradient.
+
+        Returns (y (B, Tq, C), present_kv): present_kv = (k, v), each (B, nh, Tpast + Tk, hs), includes the
+        past (the next call's ``past_kv``). ``attention_weights`` gives the probabilities.
+        """
+        Bsz, Tq, C = x.shape
+        q, k, v, allowed = self._project(x, context, mask, key_padding_mask, past_kv)
         p_drop = self.attn_dropout.p if self.training else 0.0
-        res = F.scaled_dot_product_attention(q, k, v, mask=allowed, is_causal=is_causal, scale=self.scale,
-                                             bias=position_bias, return_weights=need_weights,
-                                             dropout_p=p_drop)
-        y, weights = res if need_weights else (res, None)
+        y = F.scaled_dot_product_attention(q, k, v, mask=allowed, is_causal=is_causal, scale=self.scale,
+                                           bias=position_bias, dropout_p=p_drop)  # (B, nh, Tq, hs)
         y = y.transpose(1, 2).reshape(Bsz, Tq, C)  # (B, Tq, C): heads side by side
         y = self.dropout(self.out_proj(y))
-        out = (y,) + (((k, v),) if use_cache else ()) + ((weights,) if need_weights else ())
-        return out[0] if len(out) == 1 else out
+        return y, (k, v)
+
+    def attention_weights(self, x: Tensor, context: Tensor | None = None, mask=None, key_padding_mask=None,
+                          is_causal: bool = False, past_kv: tuple | None = None,
+                          position_bias: Tensor | None = None) -> Tensor:
+        """The attention probabilities (B, nh, Tq, Tk) ``forward`` with the same arguments uses, for plotting
+        (no gradient; in training mode with attention dropout applied, as ``forward`` would draw it)."""
+        q, k, _, allowed = self._project(x, context, mask, key_padding_mask, past_kv)
+        p_drop = self.attn_dropout.p if self.training else 0.0
+        return F.attention_probs(q, k, mask=allowed, is_causal=is_causal, scale=self.scale,
+                                 bias=position_bias, dropout_p=p_drop)  # (B, nh, Tq, Tk)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, cross={self.cross}"
@@ -481,22 +496,22 @@ class TransformerBlock(Module):
         self.mlp = FeedForward(d_model, d_ff or 4 * d_model, dropout, activation, bias=bias)
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask=None, key_padding_mask=None,
-                context_key_padding_mask=None, past_kv: tuple | None = None, use_cache: bool = False,
-                position_bias: Tensor | None = None):
-        """x (B, T, C) → (B, T, C); with ``use_cache`` returns (y, present_kv) of the self-attention.
+                context_key_padding_mask=None, past_kv: tuple | None = None,
+                position_bias: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x (B, T, C) → (x (B, T, C), present_kv): present_kv = (k, v) of the self-attention including
+        ``past_kv``, each (B, nh, Tpast + T, hs).
 
         ``key_padding_mask`` (B, T) masks padded keys of ``x``; ``context_key_padding_mask`` (B, Tk) those
         of the encoder output ``context``. ``position_bias`` goes to the self-attention only.
         """
-        a = self.attn(self.ln_1(x), mask=mask, key_padding_mask=key_padding_mask, is_causal=self.causal,
-                      past_kv=past_kv, use_cache=use_cache, position_bias=position_bias)
-        a, present = a if use_cache else (a, None)
+        a, present = self.attn(self.ln_1(x), mask=mask, key_padding_mask=key_padding_mask,
+                               is_causal=self.causal, past_kv=past_kv, position_bias=position_bias)
         x = x + a
         if self.cross_attention:
             if context is None:
                 raise ValueError("TransformerBlock: this block has cross-attention; pass context= "
                                  "(the encoder output, (B, Tk, C))")
             x = x + self.cross_attn(self.ln_cross(x), context=context,
-                                    key_padding_mask=context_key_padding_mask)
+                                    key_padding_mask=context_key_padding_mask)[0]
         x = x + self.mlp(self.ln_2(x))
-        return (x, present) if use_cache else x
+        return x, present

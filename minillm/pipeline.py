@@ -7,9 +7,24 @@ artefacts earlier phases produced (tokenizer, checkpoints). Later phases start f
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+import numpy
 
 from minillm import backend as B
+from minillm import options as opt
+from minillm.data import documents as D
+from minillm.models.bart import BART
 from minillm.models.gpt import GPT
+from minillm.models.t5 import T5
+from minillm.phases.pretrain_encoders import (
+    EncoderPretrainConfig,
+    evaluate_seq2seq,
+    pretrain,
+    text2text_task_batches,
+)
+from minillm.phases.transfer import transfer_experiment
+from minillm.shipped import SHIPPED_BART, SHIPPED_BERT, SHIPPED_T5
 
 
 def phase_pretrain(ctx: dict) -> dict:
@@ -130,7 +145,7 @@ def phase_dpo(ctx: dict) -> dict:
     from pathlib import Path
 
     from minillm.models.gpt import GPT
-    from minillm.phases.dpo import run_dpo_phase
+    from minillm.phases.dpo import DPOPhaseConfig, run_dpo_phase
     from minillm.shipped import SHIPPED_SFT
 
     cands = [ctx.get("sft_ckpt"), str(SHIPPED_SFT), ctx.get("shipped_gpt")]
@@ -148,8 +163,8 @@ def phase_dpo(ctx: dict) -> dict:
     size = (dict(steps=4, sft_steps=4, batch_size=4, eval_samples=1, rpo_alpha=1.0) if ctx["quick"] else
             dict(steps=DPO_STEPS, sft_steps=DPO_SFT_STEPS if chat_trained else 2 * DPO_SFT_STEPS,
                  batch_size=16, eval_samples=2, num_samples=4, rpo_alpha=1.0))
-    res = run_dpo_phase(policy, tok, pretrained=pretrained, quick=ctx["quick"], seed=ctx["seed"],
-                        log=lambda s: None, **size)
+    res = run_dpo_phase(policy, tok, DPOPhaseConfig(quick=ctx["quick"], seed=ctx["seed"], **size),
+                        pretrained=pretrained, log=lambda s: None)
     out = Path(ctx["out"]) / "dpo" / "gpt_dpo.npz"
     policy.save_checkpoint(out, tok)
     table = res["table"]
@@ -188,18 +203,82 @@ def phase_lora(ctx: dict) -> dict:
     return out
 
 
-def phase_encoder(ctx: dict) -> dict:
-    """BERT (MLM + NSP) pre-training and transfer to sentiment (``minillm.phases.pretrain_encoders``)."""
-    from minillm.phases.pretrain_encoders import phase_encoder as run
+def _encoder_tokenizer(ctx: dict):
+    from minillm.tokenizer import load_default_tokenizer
 
-    return run(ctx)
+    return ctx.get("tokenizer") or load_default_tokenizer()
+
+
+def phase_encoder(ctx: dict) -> dict:
+    """Pre-train a small BERT (MLM + NSP), then transfer the shipped BERT (or, without it, this one) to
+    sentiment with few labels against the same architecture from scratch."""
+    tok, quick = _encoder_tokenizer(ctx), ctx["quick"]
+    size = dict(d_model=32, n_layers=1) if quick else dict(d_model=64, n_layers=2)
+    cfg = EncoderPretrainConfig("mlm+nsp", steps=30 if quick else 600, num_stories=300 if quick else 5000,
+                                batch_size=16 if quick else 32, context_length=48, seed=ctx["seed"],
+                                progress=False, out_dir=str(Path(ctx["out"]) / "bert"), **size)
+    res = pretrain(cfg, tok)
+    ev = res["evaluation"]
+    out = {"BERT parameters": res["model"].num_parameters(), "steps": len(res["history"]["step"]),
+           "train seconds": res["seconds"], "MLM masked-token accuracy": ev["mlm_acc"],
+           "NSP accuracy": ev["nsp_acc"]}
+    ckpt = SHIPPED_BERT if SHIPPED_BERT.exists() else Path(ctx["out"]) / "bert" / "model.npz"
+    rows = transfer_experiment(ckpt, tok, (50,) if quick else (50, 200, 1000), steps=10 if quick else 200,
+                               n_test=100 if quick else 1000, seed=ctx["seed"])
+    for r in rows:
+        out[f"sentiment acc, {r['labels']} labels (scratch -> pre-trained)"] = (
+            f"{r['scratch']:.3f} -> {r['pretrained']:.3f}")
+    out["transfer from"] = Path(ckpt).name
+    return out
+
+
+def _short_seq2seq_runs(tok, quick: bool, seed: int) -> dict:
+    """Short BART denoising and T5 span-corruption runs: steps, seconds, teacher-forced token accuracy."""
+    out = {}
+    for objective, name in (("denoise", "BART denoise"), ("span", "T5 span")):
+        cfg = EncoderPretrainConfig(objective, steps=20 if quick else 400, d_model=32 if quick else 64,
+                                    n_layers=1, num_stories=300 if quick else 5000,
+                                    batch_size=8 if quick else 32, context_length=48, seed=seed,
+                                    progress=False)
+        res = pretrain(cfg, tok)
+        out[f"{name}: steps / seconds"] = f"{len(res['history']['step'])} / {res['seconds']:.1f}"
+        out[f"{name}: teacher-forced token acc"] = res["evaluation"][f"{objective}_token_acc"]
+    return out
+
+
+def _shipped_t5_tasks(tok, n: int, seed: int) -> dict:
+    """The shipped T5's greedy exact match on ``n // 2`` held-out examples of each prefixed task."""
+    from minillm.data.text2text import text2text_examples
+
+    model = T5.from_checkpoint(SHIPPED_T5)
+    pairs = D.encode_pairs(tok, text2text_examples(2 * n, seed=seed + 10_000), model.config.context_length)
+    batches = text2text_task_batches(pairs, D.SpecialIds.from_tokenizer(tok).pad)
+    return {f"shipped T5 {task}: exact match": evaluate_seq2seq(model, [b])["greedy_exact_match"]
+            for task, b in batches.items()}
+
+
+def _shipped_bart_reconstruction(tok, n: int, seed: int) -> dict:
+    """The shipped BART rebuilding ``n`` corrupted held-out stories: greedy token accuracy, exact match."""
+    model = BART.from_checkpoint(SHIPPED_BART)
+    docs = D.world_documents(tok, 200, seed=seed + 10_000)
+    b = D.denoise_batch(docs, numpy.random.default_rng(seed), batch_size=n,
+                        max_len=model.config.context_length, sp=D.SpecialIds.from_tokenizer(tok))
+    ev = evaluate_seq2seq(model, [b], max_new_tokens=model.config.context_length)
+    return {"shipped BART reconstruction: token acc": ev["greedy_token_acc"],
+            "shipped BART reconstruction: exact match": ev["greedy_exact_match"]}
 
 
 def phase_encoder_decoder(ctx: dict) -> dict:
-    """BART denoising, T5 span corruption, one T5 doing two tasks by prefix (``pretrain_encoders``)."""
-    from minillm.phases.pretrain_encoders import phase_encoder_decoder as run
-
-    return run(ctx)
+    """Short BART denoising and T5 span-corruption runs, then the shipped T5 doing two tasks by prefix
+    (summarize, translate) and the shipped BART reconstructing corrupted text."""
+    tok, quick, seed = _encoder_tokenizer(ctx), ctx["quick"], ctx["seed"]
+    out = _short_seq2seq_runs(tok, quick, seed)
+    n = 4 if quick else 64
+    if SHIPPED_T5.exists():
+        out.update(_shipped_t5_tasks(tok, n, seed))
+    if SHIPPED_BART.exists():
+        out.update(_shipped_bart_reconstruction(tok, n, seed))
+    return out
 
 
 PHASES = [
@@ -216,7 +295,16 @@ def format_value(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def run_pipeline(args) -> int:
+def add_arguments(p) -> None:
+    """The ``minillm pipeline`` options."""
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds; for tests)")
+    p.add_argument("--out", type=opt.output_folder, default="runs/pipeline",
+                   help="where checkpoints and reports go")
+    p.add_argument("--seed", type=opt.nonnegative_int, default=0)
+
+
+def main(args) -> int:
+    """``minillm pipeline``: every phase in order, each phase's metrics printed as it ends."""
     B.manual_seed(args.seed)
     ctx = {"quick": bool(args.quick), "seed": args.seed, "out": args.out}
     print(f"minillm pipeline (backend={B.get_backend()}, quick={ctx['quick']})")

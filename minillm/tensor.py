@@ -463,11 +463,6 @@ class Tensor:
             out._backward = lambda g: self._accum(B.xp.where(mask, 0, g))
         return out
 
-    # PyTorch-style aliases that read naturally in model code
-    def softmax(self, axis: int = -1) -> Tensor:
-        from minillm.functional import softmax
-        return softmax(self, axis)
-
 
 # -------------------------------------------------------------------- functions over several tensors
 def topological_order(root: Tensor) -> list[Tensor]:

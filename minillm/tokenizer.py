@@ -43,6 +43,7 @@ SPLIT_PATTERN = (
 FORMAT = "minillm-bpe"
 FORMAT_VERSION = 1
 _CACHE_LIMIT = 200_000
+_LONG_WORD = 64  # bytes; a longer word is cut into pieces no merge crosses (see _encode_word)
 
 
 class TokenizerError(ValueError):
@@ -61,6 +62,33 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
             out.append(ids[i])
             i += 1
     return out
+
+
+def _merge_by_rank(ids: list[int], ranks: dict[tuple[int, int], int]) -> list[int]:
+    """The same merges as applying the lowest-ranked pair everywhere, then the next (``_encode_word``), in
+    O(n log n) for a word of n bytes: a heap of (rank, position) over a linked list of tokens.
+
+    Equal ranks pop left to right, so overlaps resolve as ``_merge`` does; a merge only ever creates pairs
+    of a higher rank (their token did not exist before), so rank order is the one-pass-per-merge order.
+    """
+    n = len(ids)
+    nxt, prev, alive = list(range(1, n + 1)), list(range(-1, n - 1)), [True] * n
+    nxt[-1] = -1
+    heap = [(r, i) for i in range(n - 1) if (r := ranks.get((ids[i], ids[i + 1]))) is not None]
+    heapq.heapify(heap)
+    while heap:
+        rank, i = heapq.heappop(heap)
+        j = nxt[i]
+        if not alive[i] or j == -1 or ranks.get((ids[i], ids[j])) != rank:
+            continue  # stale: one of the two tokens was merged into something else already
+        ids[i], alive[j] = 256 + rank, False
+        nxt[i] = nxt[j]
+        if nxt[j] != -1:
+            prev[nxt[j]] = i
+        for a, b in ((prev[i], i), (i, nxt[i])):  # the two pairs the new token is part of
+            if a != -1 and b != -1 and (r := ranks.get((ids[a], ids[b]))) is not None:
+                heapq.heappush(heap, (r, a))
+    return [t for t, keep in zip(ids, alive) if keep]
 
 
 def _pairs(ids: list[int]) -> dict[tuple[int, int], int]:
@@ -107,7 +135,9 @@ class BPETokenizer:
         # longest first, so that one special token that is a prefix of another can't win
         longest_first = sorted(specials, key=len, reverse=True)
         self._special_re = re.compile("|".join(map(re.escape, longest_first))) if specials else None
-        self._cache: dict[str, list[int]] = {}
+        self._cache: dict[bytes, list[int]] = {}
+        # byte pairs that occur inside some token: no merge can ever join two bytes outside this set
+        self._joinable = {(b[i], b[i + 1]) for b in self._bytes[256:] for i in range(len(b) - 1)}
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -208,13 +238,26 @@ class BPETokenizer:
         return self.special_tokens[s]
 
     def _encode_word(self, word: str) -> list[int]:
-        ids = self._cache.get(word)
+        data = word.encode("utf-8")
+        if len(data) <= _LONG_WORD:
+            return self._encode_bytes(data)
+        # A long word splits where two neighbouring bytes sit together in no token (no merge can ever
+        # cross there), and each piece is merged alone: the same ids, without a pass per merge over it all.
+        cuts = [i for i in range(1, len(data)) if (data[i - 1], data[i]) not in self._joinable]
+        out: list[int] = []
+        for a, b in zip([0, *cuts], [*cuts, len(data)]):
+            piece = data[a:b]
+            out.extend(self._encode_bytes(piece) if len(piece) <= _LONG_WORD
+                       else _merge_by_rank(list(piece), self._ranks))
+        return out
+
+    def _encode_bytes(self, data: bytes) -> list[int]:
+        """BPE on one short piece: the earliest-learned merge present is applied first, as in training."""
+        ids = self._cache.get(data)
         if ids is not None:
             return ids
-        ids = list(word.encode("utf-8"))
-        ranks = self._ranks
+        ids, ranks = list(data), self._ranks
         while len(ids) >= 2:
-            # the earliest-learned merge present in the word is applied first, exactly as in training
             best = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, 1 << 60))
             rank = ranks.get(best)
             if rank is None:
@@ -222,7 +265,7 @@ class BPETokenizer:
             ids = _merge(ids, best, 256 + rank)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
-        self._cache[word] = ids
+        self._cache[data] = ids
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:

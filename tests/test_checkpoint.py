@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -140,3 +141,36 @@ def test_failed_save_leaves_the_previous_file_and_no_temp_file(tmp_path, monkeyp
     assert sorted(os.listdir(tmp_path)) == ["ckpt.npz"]  # no temp file left behind
     monkeypatch.undo()
     assert minillm.load(path)["step"] == 1
+
+
+def test_files_that_only_look_like_checkpoints_are_reported(tmp_path):
+    npy = tmp_path / "weights.npy"
+    np.save(npy, np.ones(3))
+    renamed = npy.rename(tmp_path / "weights.npz")  # a .npy with the wrong ending
+    with pytest.raises(CheckpointError, match="not an .npz archive"):
+        minillm.load(renamed)
+    with pytest.raises(CheckpointError, match="is a folder"):
+        minillm.load(tmp_path)
+    for meta, match in ((b"[1, 2]", "format 'list'"), (None, "inconsistent metadata")):
+        path = tmp_path / "hand_made.npz"
+        minillm.save({"w": np.ones(2)}, path)
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        if meta is None:  # a valid checksum, but the tree names an array the file does not hold
+            m = json.loads(bytes(arrays["__meta__"]).decode())
+            m["tree"] = {"w": {"__array__": "missing"}}
+            meta = json.dumps(m).encode()
+        arrays["__meta__"] = np.frombuffer(meta, dtype=np.uint8)
+        np.savez(path, **arrays)
+        with pytest.raises(CheckpointError, match=match):
+            minillm.load(path)
+
+
+def test_a_save_removes_the_temp_files_of_an_interrupted_one(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    stale = tmp_path / ".ckpt.npz.abc123.tmp"  # what a write killed mid-way leaves beside its target
+    stale.write_bytes(b"PK\x03\x04half")
+    other = tmp_path / ".other.npz.abc123.tmp"  # another file's temp: not ours to remove
+    other.write_bytes(b"x")
+    minillm.save({"step": 1}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.npz.abc123.tmp", "ckpt.npz"]

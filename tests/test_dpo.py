@@ -19,7 +19,7 @@ from minillm.phases.dpo import (
     frozen_reference,
     log_ratio_drift,
     logsigmoid,
-    pad_sequences,
+    pad_with_masks,
     precompute_reference,
     sequence_logps,
     train_dpo,
@@ -185,13 +185,19 @@ def test_sequence_logps_errors():
     with pytest.raises(ValueError, match=r"\(1, 3\).*\(1, 2\)"):
         sequence_logps(model, np.array([[1, 2, 3]]), np.array([[1, 0]]))
     with pytest.raises(ValueError, match="mask has 2"):
-        pad_sequences([[1, 2, 3]], [[0, 1]])
+        pad_with_masks([[1, 2, 3]], [[0, 1]])
+    with pytest.raises(ValueError, match="more than length 2"):  # never truncates a completion
+        pad_with_masks([[1, 2, 3]], [[0, 1, 1]], length=2)
 
 
-def test_pad_sequences_right_pads_with_mask_zero():
-    ids, mask = pad_sequences([[5, 6, 7], [8]], [[0, 1, 1], [1]], pad_id=3)
+def test_pad_with_masks_right_pads_with_mask_zero():
+    ids, mask = pad_with_masks([[5, 6, 7], [8]], [[0, 1, 1], [1]], pad_id=3)
     np.testing.assert_array_equal(ids, [[5, 6, 7], [8, 3, 3]])
     np.testing.assert_array_equal(mask, [[0, 1, 1], [1, 0, 0]])
+    assert ids.dtype == mask.dtype == np.int64
+    ids, mask = pad_with_masks([[5]], [[1]], length=3)
+    np.testing.assert_array_equal(ids, [[5, 0, 0]])
+    np.testing.assert_array_equal(mask, [[1, 0, 0]])
 
 
 # ------------------------------------------------------------------------------------- reference + run
@@ -249,8 +255,8 @@ def test_tiny_run_increases_preference_accuracy(precompute):
     assert np.mean(hist["rewards/accuracies"][-5:]) == 1.0
     assert hist["val_rewards/accuracies"][-1] == 1.0 and hist["val_rewards/margins"][-1] > 0.5
     assert hist["loss"][-1] < 0.5 * math.log(2)
-    ids, mask = pad_sequences([e["chosen_ids"] for e in val_set.examples],
-                              [e["chosen_mask"] for e in val_set.examples])
+    ids, mask = pad_with_masks([e["chosen_ids"] for e in val_set.examples],
+                               [e["chosen_mask"] for e in val_set.examples])
     drift = log_ratio_drift(policy, ref, ids, mask)
     assert drift["kl"] > 0  # chosen completions became more likely than under the reference
 
@@ -291,8 +297,10 @@ def test_cli_dpo_on_a_tiny_config(tmp_path, capsys):
     assert main(["dpo", "--from", str(tmp_path / "tiny.npz"), "--quick", "--steps", "2", "--pairs",
                  str(out / "pairs.jsonl"), "--loss-type", "ipo", "--out", str(tmp_path / "b"),
                  "--no-progress"]) == 0
-    with pytest.raises(SystemExit, match="does not exist"):
+    assert (tmp_path / "b" / "checkpoint.npz").exists()  # DPO training is resumable like pre-training
+    with pytest.raises(SystemExit) as e:  # rejected while parsing, before any model is loaded
         main(["dpo", "--from", str(tmp_path / "missing.npz")])
+    assert e.value.code == 2
 
 
 def test_rpo_alpha_adds_the_chosen_nll():
@@ -307,3 +315,27 @@ def test_rpo_alpha_adds_the_chosen_nll():
     nll = -chosen.sum() / batch["mask"][:4, 1:].sum()
     assert m1["nll_loss"] == pytest.approx(nll, rel=1e-5) and "nll_loss" not in m0
     assert mixed.item() == pytest.approx(plain.item() + 0.5 * nll, rel=1e-5)
+
+
+def test_format_behaviour_table_aligns_models_as_columns():
+    from minillm.phases.dpo import format_behaviour_table
+
+    text = format_behaviour_table({"SFT": {"judge score": 0.5}, "DPO": {"judge score": 0.75, "KL": 1.0}})
+    head, score, kl = text.splitlines()
+    assert head.split() == ["SFT", "DPO"]
+    assert score.split()[-2:] == ["0.500", "0.750"] and kl.split()[-2:] == ["—", "1.000"]
+
+
+def test_cli_options_become_the_phase_config():
+    import argparse
+
+    from minillm.phases.dpo import DPOPhaseConfig, add_arguments, phase_config
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--steps", "7", "--samples", "3", "--no-demo", "--pair-source", "offline"])
+    cfg = phase_config(args)
+    assert isinstance(cfg, DPOPhaseConfig)
+    assert (cfg.steps, cfg.num_samples, cfg.add_demo, cfg.pair_source) == (7, 3, False, "offline")
+    assert cfg.progress  # --no-progress not given
+    assert cfg.rpo_alpha == 1.0 and cfg.min_pairs == DPOPhaseConfig().min_pairs

@@ -9,7 +9,7 @@ from minillm.cli import main
 from minillm.data import documents as D
 from minillm.data.sentiment import bag_of_words_accuracy, sentiment_dataset
 from minillm.data.text2text import LEXICON, SUMMARIZE, TRANSLATE, text2text_examples, to_worldish
-from minillm.phases.pretrain_encoders import load_pretrained
+from minillm.phases.pretrain_encoders import load_encoder_checkpoint
 from minillm.shipped import SHIPPED_BART, SHIPPED_BERT, SHIPPED_T5
 
 TINY = ["--steps", "6", "--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--context-length", "32",
@@ -24,7 +24,7 @@ def test_pretrain_objectives(objective, kind, tmp_path, capsys):
                  *TINY]) == 0
     out = capsys.readouterr().out
     assert f"{kind} " in out and f"objective {objective}" in out
-    model = load_pretrained(export)
+    model = load_encoder_checkpoint(export)
     assert type(model).__name__ == kind
     if kind == "BERT":
         assert "mlm_acc" in out and "nsp_acc" in out
@@ -109,7 +109,7 @@ def test_shipped_checkpoints(path, kind):
     if not path.exists():
         pytest.skip(f"{path.name} is not shipped")
     assert os.path.getsize(path) < 3 * 2**20
-    model = load_pretrained(path)
+    model = load_encoder_checkpoint(path)
     assert type(model).__name__ == kind
     ev = load(path)["evaluation"]  # recorded when it was made; lessons re-measure
     if kind == "BERT":
@@ -119,12 +119,12 @@ def test_shipped_checkpoints(path, kind):
 def test_pretrain_init_continues_from_a_checkpoint_on_a_story_mix(tmp_path, capsys):
     first, second = tmp_path / "a.npz", tmp_path / "b.npz"
     main(["pretrain", "--objective", "mlm+nsp", "--out", str(tmp_path / "a"), "--export", str(first), *TINY])
-    a = load_pretrained(first)
+    a = load_encoder_checkpoint(first)
     # --d-model 64 is ignored: with --init the checkpoint's own size wins
     assert main(["pretrain", "--objective", "mlm+nsp", "--init", str(first), "--story-weights", "review=1",
                  "--out", str(tmp_path / "b"), "--export", str(second), "--steps", "6", "--d-model", "64",
                  "--no-progress", "--num-stories", "40", "--batch-size", "4", "--warmup", "1"]) == 0
-    b = load_pretrained(second)
+    b = load_encoder_checkpoint(second)
     assert b.config == a.config
     changed = [n for n, p in a.state_dict().items() if not np.allclose(p, b.state_dict()[n])]
     assert changed  # it trained, from a's weights

@@ -17,7 +17,7 @@ V, PAD, EOS = 13, 0, 1
 
 def tiny(kind: str, **kw):
     layers = {k: kw.pop(k) for k in ("n_encoder_layers", "n_decoder_layers") if k in kw}
-    common = dict(vocab_size=V, max_len=8, d_model=8, n_heads=2, d_ff=12)
+    common = dict(vocab_size=V, context_length=8, d_model=8, n_heads=2, d_ff=12)
     common.update(kw)
     if kind == "bert":
         return BERT(BERTConfig(n_layers=1, pad_id=PAD, **common))
@@ -45,7 +45,7 @@ def loss_of(kind, model, ids, lab):
 @pytest.mark.parametrize("kind", ["bert", "bart", "t5"])
 def test_gradcheck_every_parameter(kind):
     """All parameters at once, including the relative position bias (T5) and cross-attention (BART, T5)."""
-    model = float64(tiny(kind, d_model=4, d_ff=6, max_len=5))
+    model = float64(tiny(kind, d_model=4, d_ff=6, context_length=5))
     ids = np.array([[2, 3, 4, 5, PAD], [6, 7, 8, PAD, PAD]])  # padding in the encoder input
     lab = np.array([[9, 10, EOS], [11, EOS, -100]])
     params = list(model.parameters())
@@ -60,9 +60,9 @@ def test_gradcheck_every_parameter(kind):
 @pytest.mark.parametrize("pooling", ["cls", "mean", "mask"])
 def test_gradcheck_classifier(pooling):
     MASK = 12
-    model = BERTForSequenceClassification(BERTConfig(vocab_size=V, max_len=5, d_model=4, n_heads=2, d_ff=6,
-                                                     n_layers=1, pad_id=PAD), num_labels=3, pooling=pooling,
-                                          mask_id=MASK)
+    model = BERTForSequenceClassification(BERTConfig(vocab_size=V, context_length=5, d_model=4, n_heads=2,
+                                                     d_ff=6, n_layers=1, pad_id=PAD),
+                                          num_labels=3, pooling=pooling, mask_id=MASK)
     float64(model)
     ids = np.array([[2, 3, MASK, PAD], [5, MASK, 7, 8]])
     minillm.gradcheck(lambda *ps: model(ids, labels=np.array([2, 0]))[1], *model.parameters(),
@@ -72,9 +72,10 @@ def test_gradcheck_classifier(pooling):
 def test_gradcheck_verbalizer_classifier():
     """PET head: each label's logit is the logsumexp of its words' MLM logits at the [MASK]."""
     MASK = 12
-    model = BERTForSequenceClassification(BERTConfig(vocab_size=V, max_len=5, d_model=4, n_heads=2, d_ff=6,
-                                                     n_layers=1, pad_id=PAD), num_labels=2, pooling="mask",
-                                          mask_id=MASK, verbalizer=[[3, 4], [7]])
+    model = BERTForSequenceClassification(BERTConfig(vocab_size=V, context_length=5, d_model=4, n_heads=2,
+                                                     d_ff=6, n_layers=1, pad_id=PAD),
+                                          num_labels=2, pooling="mask", mask_id=MASK,
+                                          verbalizer=[[3, 4], [7]])
     float64(model)
     assert not any(n.startswith("classifier") for n, _ in model.named_parameters())  # no new weights
     ids = np.array([[2, 3, MASK, PAD], [5, MASK, 7, 8]])
@@ -87,7 +88,7 @@ def test_gradcheck_verbalizer_classifier():
 def test_verbalizer_logits_are_the_mlm_logits_of_its_words(seed):
     MASK = 12
     minillm.manual_seed(seed)
-    cfg = BERTConfig(vocab_size=V, max_len=8, d_model=8, n_heads=2, n_layers=1, pad_id=PAD)
+    cfg = BERTConfig(vocab_size=V, context_length=8, d_model=8, n_heads=2, n_layers=1, pad_id=PAD)
     verb = [[3, 4], [7], [5, 6, 9]]
     model = BERTForSequenceClassification(cfg, 3, "mask", MASK, verb).eval()
     ids = np.random.default_rng(seed).integers(2, V, size=(3, 6))
@@ -100,7 +101,7 @@ def test_verbalizer_logits_are_the_mlm_logits_of_its_words(seed):
 
 
 def test_verbalizer_is_checked():
-    cfg = BERTConfig(vocab_size=V, max_len=8, d_model=8, n_heads=2, n_layers=1, pad_id=PAD)
+    cfg = BERTConfig(vocab_size=V, context_length=8, d_model=8, n_heads=2, n_layers=1, pad_id=PAD)
     with pytest.raises(ValueError, match="one non-empty list of token ids per label"):
         BERTForSequenceClassification(cfg, 2, "mask", 12, [[3]])
     with pytest.raises(ValueError, match="needs pooling='mask'"):
@@ -111,7 +112,7 @@ def test_verbalizer_is_checked():
 
 def test_classifier_pooling_reads_the_right_positions():
     MASK = 12
-    cfg = BERTConfig(vocab_size=V, max_len=8, d_model=8, n_heads=2, n_layers=1, pad_id=PAD)
+    cfg = BERTConfig(vocab_size=V, context_length=8, d_model=8, n_heads=2, n_layers=1, pad_id=PAD)
     ids = np.array([[2, 3, MASK, 4, PAD, PAD]])
     for pooling in ("cls", "mean", "mask"):
         minillm.manual_seed(0)
@@ -192,19 +193,19 @@ def test_kv_cached_decoding_matches_full_decoding(kind, split, seed):
     once (BART: positions continue; T5: the relative bias sees the offset); greedy generation with and
     without the cache gives the same tokens."""
     minillm.manual_seed(seed)
-    model = tiny(kind, max_len=10, n_decoder_layers=2).eval()
+    model = tiny(kind, context_length=10, n_decoder_layers=2).eval()
     rng = np.random.default_rng(seed)
     ids, dec = rng.integers(2, V, size=(3, 6)), rng.integers(2, V, size=(3, 7))
     ids[0, 4:] = PAD  # a padded source row
     memory, pad = model.encode(ids)
-    full = model.decode(dec, memory, pad).numpy()
-    first, cache = model.decode(dec[:, :split], memory, pad, use_cache=True)
-    rest, cache = model.decode(dec[:, split:], memory, pad, past_kv=cache, use_cache=True)
+    full = model.decode(dec, memory, pad)[0].numpy()
+    first, cache = model.decode(dec[:, :split], memory, pad)
+    rest, cache = model.decode(dec[:, split:], memory, pad, past_kv=cache)
     np.testing.assert_allclose(np.concatenate([first.numpy(), rest.numpy()], axis=1), full, rtol=1e-4,
                                atol=1e-5)
     assert cache[0][0].shape[2] == 7
     assert model.generate(ids, 9) == model.generate(ids, 9, use_cache=False)
-    with pytest.raises(ValueError, match="exceed max_len 10"):
+    with pytest.raises(ValueError, match=r"7 cached \+ 4 new\) is longer than context_length 10"):
         model.decode(dec[:, :4], memory, pad, past_kv=cache)
 
 
@@ -278,7 +279,20 @@ def test_bad_ids_are_reported(kind):
     call = model.features if kind == "bert" else model.encode
     with pytest.raises(IndexError, match="out of range"):
         call(np.array([[2, V]]))
-    with pytest.raises(ValueError, match="longer than max_len"):
+    with pytest.raises(ValueError, match="longer than context_length"):
         call(np.full((1, 9), 2))
     with pytest.raises(ValueError, match="integer"):
         call(np.array([[0.5, 1.0]]))
+
+
+@pytest.mark.parametrize("kind", ["bert", "bart", "t5"])
+def test_checkpoints_with_the_old_max_len_field_still_load(kind, tmp_path):
+    """Checkpoints written before the rename store ``max_len``; it is read as ``context_length``."""
+    from dataclasses import asdict
+
+    model = tiny(kind, context_length=7)
+    cfg = asdict(model.config)
+    cfg["max_len"] = cfg.pop("context_length")
+    minillm.save({"kind": kind, "config": cfg, "model": model.state_dict()}, tmp_path / "old.npz")
+    again = type(model).from_checkpoint(tmp_path / "old.npz")
+    assert again.config == model.config and again.config.context_length == 7

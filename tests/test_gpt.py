@@ -51,9 +51,9 @@ def test_cached_forward_matches_full_forward():
     model = tiny()
     ids = np.random.default_rng(1).integers(0, 7, (2, 6))
     full, _ = model(ids)
-    logits, _, past = model(ids[:, :4], use_cache=True)
-    step, _, past = model(ids[:, 4:5], past_kv=past, use_cache=True)
-    step2, _, _ = model(ids[:, 5:], past_kv=past, use_cache=True)
+    logits, past = model.forward_cached(ids[:, :4])
+    step, past = model.forward_cached(ids[:, 4:5], past_kv=past)
+    step2, _ = model.forward_cached(ids[:, 5:], past_kv=past)
     np.testing.assert_allclose(np.concatenate([logits.numpy(), step.numpy(), step2.numpy()], 1), full.numpy(),
                                atol=1e-5)
 
@@ -66,7 +66,7 @@ def test_bad_inputs_are_reported():
         model(np.array([[-1, 2]]))
     with pytest.raises(ValueError, match="sequence of 7 tokens is longer than context_length 6"):
         model(np.zeros((1, 7), dtype=np.int64))
-    _, _, past = model(np.zeros((1, 5), dtype=np.int64), use_cache=True)
+    _, past = model.forward_cached(np.zeros((1, 5), dtype=np.int64))
     with pytest.raises(ValueError, match=r"5 cached \+ 2 new"):
         model(np.zeros((1, 2), dtype=np.int64), past_kv=past)
     with pytest.raises(ValueError, match="integer token ids"):

@@ -307,3 +307,36 @@ def test_compare_measures_every_method(tmp_path):
     assert rows["lora"]["merged_test_exact_match"] == rows["lora"]["test_exact_match"]
     table = format_comparison(res)
     assert "held-out EM" in table and "qlora" in table
+
+
+class _HalfLinear(nn.Module):
+    """A Linear-like layer of the surgery protocol that is no nn.Linear: in/out features and dequantize()."""
+
+    def __init__(self, lin):
+        super().__init__()
+        self.in_features, self.out_features = lin.in_features, lin.out_features
+        self.register_buffer("w16", lin.weight.data.astype(np.float16))
+        self.bias = lin.bias
+
+    def dequantize(self, dtype=None):
+        return self.w16.astype(dtype or np.float32)
+
+    def forward(self, x):
+        return x @ Tensor(self.dequantize(x.dtype)).T + self.bias
+
+
+def test_lora_wraps_any_module_of_the_linear_like_protocol():
+    from minillm.peft.surgery import is_linear_like, is_quantized_linear
+
+    minillm.manual_seed(0)
+    seq = nn.Sequential(_HalfLinear(nn.Linear(3, 4)), nn.Tanh())
+    assert is_linear_like(seq[0]) and is_quantized_linear(seq[0]) and not is_quantized_linear(nn.Linear(2, 2))
+    apply_lora(seq, LoRAConfig(r=2, target_modules=("0",)))
+    assert isinstance(seq[0], LoRALinear) and isinstance(seq[0].base_layer, _HalfLinear)
+    trainable, total = trainable_parameters(seq)
+    assert trainable == 2 * (3 + 4) and total == trainable + 4 + 3 * 4  # bias + the stored weight's numbers
+    x = Tensor(np.ones((1, 3), np.float32))
+    y = seq(x).numpy()
+    merged = merge_and_unload(seq)
+    assert isinstance(merged[0], nn.Linear)
+    np.testing.assert_allclose(merged(x).numpy(), y, rtol=1e-6)

@@ -170,3 +170,22 @@ def test_behaviour_rates():
     assert r_good["over-refusal rate (harmless)"] == 0.0 and r_bad["over-refusal rate (harmless)"] == 1.0
     assert r_good["I don't know rate (unanswerable)"] == 1.0 and r_good["task accuracy"] == 1.0
     assert r_good["judge score"] == 1.0 > r_bad["judge score"]
+
+
+def test_preferences_imports_nothing_from_dpo():
+    """Preference data and judging stand alone; DPO (the loss, training and the phase) builds on them."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(P))
+    names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in names if "dpo" in m]
+
+
+def test_reply_sequences_mask_only_the_reply():
+    p = first("harmful")
+    prompt_len = len(P.reply_sequences(TOK, [p], [[np.array([5])]])[0][0]) - 1
+    seqs, masks = P.reply_sequences(TOK, [p], [[np.array([5, 6]), np.array([], dtype=np.int64)]])
+    assert len(seqs) == 1  # the empty reply is left out
+    assert seqs[0][prompt_len:] == [5, 6] and masks[0] == [0] * prompt_len + [1, 1]

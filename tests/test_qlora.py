@@ -200,3 +200,20 @@ def test_apply_qlora_on_gpt():
     merge_and_unload(m)  # dequantises: a plain float model with the same outputs as the QLoRA one
     with no_grad():
         np.testing.assert_allclose(m(ids)[0].numpy(), y1, atol=1e-5)
+
+
+def test_peft_imports_go_one_way():
+    """surgery ← lora ← qlora, and adapter ← surgery: no module imports back (not even inside a function)."""
+    import ast
+    import pathlib
+
+    import minillm.peft as peft
+
+    def imported(name):
+        tree = ast.parse((pathlib.Path(peft.__file__).parent / f"{name}.py").read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    assert not {m for m in imported("surgery") if m.startswith("minillm.peft")}
+    assert {m for m in imported("lora") if m.startswith("minillm.peft")} == {"minillm.peft.surgery"}
+    assert {m for m in imported("adapter") if m.startswith("minillm.peft")} == {"minillm.peft.surgery"}
+    assert "minillm.peft.lora" in imported("qlora")

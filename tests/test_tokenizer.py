@@ -17,6 +17,7 @@ from minillm.tokenizer import (
     BPETokenizer,
     TokenizerError,
     _merge,
+    _merge_by_rank,
     load_default_tokenizer,
 )
 
@@ -288,3 +289,21 @@ def test_bench_tokenizer_quick_runs(capsys):
     assert main(["bench", "tokenizer", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "train zipf   0.20 MB -> vocab  2000" in out and "out of pairs" in out and "bytes/token" in out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet="MiaTomwentothemarketdsplyg\u00e9 ", min_size=65, max_size=600).map(
+    lambda s: s.replace(" ", "")))
+def test_a_long_word_gets_the_ids_of_one_merge_pass_per_rank(shipped, word):
+    """Past 64 bytes a word is cut where no token can join two bytes, and very long pieces merge by a
+    heap: both must give exactly what applying the merges one rank at a time gives."""
+    data = word.encode("utf-8")
+    expected = shipped._encode_bytes(data)  # the one-pass-per-merge path, whatever the length
+    assert shipped._encode_word(word) == expected
+    assert _merge_by_rank(list(data), shipped._ranks) == expected
+
+
+def test_a_megabyte_single_word_encodes_and_round_trips(shipped):
+    word = "".join(c for c in generate_corpus_chars(1_300_000, seed=5) if c.isalpha())[:1_000_000]
+    ids = shipped.encode(word)
+    assert shipped.decode(ids) == word and len(ids) < len(word)

@@ -63,6 +63,11 @@ HOSTILE = [
     "1+" * 150 + "1",
     "-" * 199 + "1",
     "9" * 300,
+    "1e-15**-64",     # a float power that overflows
+    "log(2, 1)",      # log base 1 divides by zero
+    "exp(1000)",
+    "\ud800",         # a lone surrogate
+    "1\x00",
 ]
 
 
@@ -193,12 +198,22 @@ def test_agent_loop_runs_the_tool_and_feeds_the_result_back():
     ("<|tool_call|>" + format_tool_call("get_weather", {"location": 3}), "must be string"),
     ("<|tool_call|>" + format_tool_call("boom", {"x": "1"}), "disk on fire"),
     ("<|tool_call|>" + format_tool_call("calculator", {"expression": "9**9**9"}), "too large"),
+    ('{"tool_call": {"name": "calculator", "arguments": ' + "[" * 5000 + "]" * 5000 + "}}", "unreadable"),
+    ('{"tool_call": {"name": "calculator", "arguments": {"expression": ' + "9" * 4301 + "}}}", "unreadable"),
+    ('{"tool_call": {"name": "calculator", "arguments": {"expression": "1+1"}, "x": ' + "[" * 40
+     + "]" * 40 + "}}", "nested more than"),
+    ('{"tool_call": {"name": "calculator", "arguments": "' + "[" * 40 + "]" * 40 + '"}}', "nested more than"),
+    ('{"tool_call": {"name": ["calculator"], "arguments": {}}}', "no 'name' string"),
+    ('{"tool_call": {"name": "' + "x" * 5000 + '", "arguments": {}}}', "unknown tool"),
+    ('{"tool_call": {"name": "calculator", "arguments": {"expression": "' + "1+" * 12_000 + '1"}}}',
+     "too long"),
 ])
 def test_agent_loop_feeds_errors_back_and_the_chat_goes_on(bad, msg):
     model = ScriptedModel([bad, "Sorry, I could not do that."])
     msgs, trace = run_agent_turn(model, USER, _registry())
     err = json.loads(msgs[2]["content"])["error"]
     assert msg in err and msgs[2]["role"] == "tool"
+    assert len(err) < 300  # the error goes back into a short context: never the whole hostile input
     assert model.seen[1][-1]["role"] == "tool"  # the model was shown the error
     assert msgs[-1] == {"role": "assistant", "content": "Sorry, I could not do that."}
 

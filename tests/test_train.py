@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import minillm
+from minillm import optim
 from minillm.models import GPT, GPTConfig
-from minillm.train import TrainConfig, TrainingError, lm_loss, param_groups, train
+from minillm.train import TrainConfig, TrainingError, lm_loss, param_groups, train, train_step
 
 DATA = np.tile(np.arange(10), 300)  # a learnable stream: 0 1 2 ... 9 0 1 ...
 
@@ -111,3 +112,61 @@ def test_plain_loss_tensor_and_custom_eval():
 def test_checkpoint_every_needs_out_dir():
     with pytest.raises(ValueError, match="needs config.out_dir"):
         train(model(), lm_loss, get_batch, TrainConfig(steps=2, checkpoint_every=1, progress=False))
+
+
+def test_train_step_by_hand_reproduces_the_loop():
+    """The loop is train_step plus bookkeeping: the same steps by hand give the same losses and weights."""
+    config = TrainConfig(steps=3, lr=1e-2, warmup=1, eval_every=0, progress=False)
+    looped = model()
+    h = train(looped, lm_loss, get_batch, config)
+    by_hand = model()
+    opt = optim.AdamW(param_groups(by_hand, config.weight_decay), lr=config.lr, betas=config.betas,
+                      weight_decay=config.weight_decay)
+    sched = optim.CosineWarmupLR(opt, config.warmup, config.steps, config.min_lr_ratio)
+    rng = np.random.default_rng(config.seed)
+    by_hand.train()
+    rows = [train_step(by_hand, lm_loss, get_batch("train", rng), opt, sched, config.grad_clip, step)
+            for step in range(1, config.steps + 1)]
+    assert [r[0] for r in rows] == h["loss"] and [r[2] for r in rows] == h["lr"]
+    assert [r[3] for r in rows] == h["grad_norm"]
+    for (name, a), (_, b) in zip(looped.state_dict().items(), by_hand.state_dict().items(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("field,value", [("steps", 0), ("steps", -3), ("lr", -1.0), ("lr", 0.0),
+                                         ("lr", float("nan")), ("lr", float("inf")), ("warmup", -5),
+                                         ("eval_steps", 0), ("batch_size", 0), ("grad_clip", -1.0),
+                                         ("steps", 2.5), ("betas", (0.9, 1.0))])
+def test_config_rejects_values_that_would_train_nothing_or_wrongly(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig: {field}"):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_an_update_that_overflows_the_weights_stops_before_anything_is_saved(tmp_path):
+    """A finite loss and gradient can still overflow the weights: lr 1e39 is a finite float, but Adam's
+    first step moves each weight by about lr, past float32's 3.4e38. The run stops at once, and no
+    checkpoint of that model is written."""
+    with pytest.raises(TrainingError, match="step 1: the weights are not finite") as e:
+        train(model(), lm_loss, get_batch, cfg(tmp_path, lr=1e39))
+    assert "no checkpoint was written yet" in str(e.value)
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_a_non_finite_validation_loss_stops_before_the_checkpoint(tmp_path):
+    calls = [0]
+
+    def eval_fn(m):
+        calls[0] += 1
+        return {"val_loss": float("nan") if calls[0] == 2 else 1.0}
+
+    with pytest.raises(TrainingError, match="step 8: the validation loss is nan"):
+        train(model(), lm_loss, get_batch, cfg(tmp_path), eval_fn=eval_fn)
+    assert minillm.load(tmp_path / "checkpoint.npz")["step"] == 4  # the step-8 save never happened
+
+
+def test_resuming_from_a_model_file_says_what_resume_takes(tmp_path):
+    m = model()
+    m.save_checkpoint(tmp_path / "model.npz")
+    with pytest.raises(ValueError, match="is not a training checkpoint .*--init"):
+        train(model(), lm_loss, get_batch, cfg(tmp_path / "run"), resume=tmp_path / "model.npz")

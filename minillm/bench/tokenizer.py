@@ -107,3 +107,5 @@ def main(args=None) -> None:
         _time_training("random", random_words_text(n_chars, seed=0), vocab)
     _time_encode("world", world_tok, generate_corpus_chars(n_chars, seed=1))
     _time_encode("zipf", zipf_tok, zipf_text(n_chars, seed=1))
+    _time_encode("1-word", world_tok, "".join(c for c in generate_corpus_chars(2 * n_chars, seed=2)
+                                              if c.isalpha())[:n_chars])  # one huge "word", no spaces

@@ -43,6 +43,29 @@ def _check_message(i: int, m) -> None:
                               f"{type(content).__name__}")
     if role != "assistant" and content is None:
         raise ChatFormatError(f"message {i} ({role}) has no content")
+    calls = m.get("tool_calls")
+    if calls is not None:
+        if role != "assistant" or not isinstance(calls, list) or not calls:
+            raise ChatFormatError(f"message {i} ({role}): tool_calls must be a non-empty list on an "
+                                  "assistant message")
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(
+                    fn.get("arguments", {}), (str, dict)):
+                raise ChatFormatError(f"message {i} tool call {j} must be {{\"function\": {{\"name\": str, "
+                                      "\"arguments\": object or JSON string}}")
+    if m.get("raw_tool_call") is not None and not isinstance(m["raw_tool_call"], str):
+        raise ChatFormatError(f"message {i}: raw_tool_call must be a string")
+
+
+def check_conversation(conversation) -> list[dict]:
+    """``conversation`` if it is a list of well-formed messages (what ``render`` accepts), else
+    ChatFormatError naming the first bad message and what is wrong with it."""
+    if not isinstance(conversation, list):
+        raise ChatFormatError(f"a conversation is a list of messages, got {type(conversation).__name__}")
+    for i, m in enumerate(conversation):
+        _check_message(i, m)
+    return conversation
 
 
 def assistant_text(message: dict) -> str:
@@ -83,13 +106,11 @@ def render(conversation: list[dict], tokenizer, add_generation_prompt: bool = Fa
     Message text is encoded as ordinary text, so a user typing ``<|end|>`` cannot forge a turn.
     ``add_generation_prompt`` appends ``<|assistant|>`` so a model continues with the assistant's reply.
     """
-    if not isinstance(conversation, (list, tuple)):
-        raise ChatFormatError(f"a conversation is a list of messages, got {type(conversation).__name__}")
+    check_conversation(list(conversation) if isinstance(conversation, tuple) else conversation)
     end = tokenizer.token_to_id(END)
     ids: list[int] = []
     mask: list[int] = []
-    for i, m in enumerate(conversation):
-        _check_message(i, m)
+    for m in conversation:
         ids.append(tokenizer.token_to_id(ROLE_TOKENS[m["role"]]))
         mask.append(0)
         if m["role"] == "assistant":

@@ -16,11 +16,14 @@ import json
 import math
 import operator
 import re
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 TOOL_CALL_TOKEN = "<|tool_call|>"
+MAX_CALL_CHARS = 20_000  # a tool call the model writes fits its context many times over
+MAX_CALL_DEPTH = 16      # arguments nested deeper are refused before anything walks them
 
 
 class ToolError(Exception):
@@ -83,11 +86,13 @@ def _eval_node(node: ast.AST):
         return _check_magnitude(node.value, "a number")
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         a, b = _eval_node(node.left), _eval_node(node.right)
-        if isinstance(node.op, ast.Pow):
-            return _check_magnitude(_power(a, b), "the result")
         if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and b == 0:
             raise CalculatorError("division by zero")
-        return _check_magnitude(_BINOPS[type(node.op)](a, b), "the result")
+        op = _power if isinstance(node.op, ast.Pow) else _BINOPS[type(node.op)]
+        try:
+            return _check_magnitude(op(a, b), "the result")
+        except ArithmeticError as e:  # 1e-15 ** -64 overflows a float
+            raise CalculatorError(f"cannot compute the result: {e}") from None
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_eval_node(node.operand))
     if isinstance(node, ast.Call):
@@ -99,7 +104,7 @@ def _eval_node(node: ast.AST):
         args = [_eval_node(a) for a in node.args]
         try:
             return _check_magnitude(_FUNCTIONS[node.func.id](*args), "the result")
-        except (ValueError, TypeError, OverflowError) as e:
+        except (ArithmeticError, ValueError, TypeError) as e:  # log(2, 1) divides by zero, exp(1e3) ...
             raise CalculatorError(f"{node.func.id}: {e}") from None
     if isinstance(node, ast.Name):
         if node.id in _CONSTANTS:
@@ -125,6 +130,8 @@ def calculate(expression: str) -> int | float:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as e:
         raise CalculatorError(f"cannot parse {expression!r}: {e.msg}") from None
+    except (ValueError, UnicodeError):  # a NUL byte, a lone surrogate
+        raise CalculatorError(f"cannot parse {expression!r}: not plain text") from None
     n_nodes = sum(1 for _ in ast.walk(tree))
     if n_nodes > MAX_NODES:
         raise CalculatorError(f"expression is too complex ({n_nodes} > {MAX_NODES} nodes)")
@@ -147,6 +154,16 @@ _JSON_TYPES = {
     "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,), "object": (dict,),
     "array": (list,),
 }
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlevel = 3
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters (error messages go back into the model's short context)."""
+    return _SHORT.repr(value)[:limit]
 
 
 @dataclass
@@ -189,9 +206,10 @@ class Tool:
                                  and not (typ in ("number", "integer") and isinstance(value, bool)))
             if not ok:
                 raise ToolError(f"{self.name}: argument {key!r} must be {typ}, got {type(value).__name__} "
-                                f"{value!r}")
+                                f"{short_repr(value)}")
             if "enum" in spec and value not in spec["enum"]:
-                raise ToolError(f"{self.name}: argument {key!r} must be one of {spec['enum']}, got {value!r}")
+                raise ToolError(f"{self.name}: argument {key!r} must be one of {spec['enum']}, "
+                                f"got {short_repr(value)}")
             out[key] = value
         return out
 
@@ -236,7 +254,7 @@ class ToolRegistry:
         """Validate and run one call. Never raises: every failure is a ``ToolResult`` with ``error``."""
         if not isinstance(name, str) or name not in self.tools:
             return ToolResult(name if isinstance(name, str) else None, None, False,
-                              error=f"unknown tool {name!r}; available: {', '.join(self.tools)}")
+                              error=f"unknown tool {short_repr(name)}; available: {', '.join(self.tools)}")
         tool = self.tools[name]
         try:
             args = tool.validate(arguments)
@@ -254,22 +272,43 @@ def parse_tool_call(text: str) -> tuple[str | None, Any, str | None]:
     body = text.strip()
     if body.startswith(TOOL_CALL_TOKEN):
         body = body[len(TOOL_CALL_TOKEN):].strip()
+    if len(body) > MAX_CALL_CHARS:
+        return None, None, f"tool call is too long ({len(body)} > {MAX_CALL_CHARS} characters)"
     try:
         obj = json.loads(body)
     except json.JSONDecodeError as e:
         return None, None, f"malformed tool call JSON ({e.msg} at char {e.pos}): {body[:80]!r}"
+    except (ValueError, RecursionError) as e:  # a number of over 4300 digits, nesting past the stack
+        return None, None, f"unreadable tool call JSON ({type(e).__name__}): {body[:80]!r}"
+    if json_depth(obj) > MAX_CALL_DEPTH:
+        return None, None, f"tool call is nested more than {MAX_CALL_DEPTH} levels deep"
     if not isinstance(obj, dict) or not isinstance(obj.get("tool_call"), dict):
         return None, None, 'a tool call must look like {"tool_call": {"name": ..., "arguments": {...}}}'
     call = obj["tool_call"]
-    if "name" not in call:
-        return None, None, "tool call has no 'name'"
+    if not isinstance(call.get("name"), str):
+        return None, None, "tool call has no 'name' string"
     args = call.get("arguments", {})
     if isinstance(args, str):  # OpenAI puts arguments in a JSON string; accept that too
         try:
             args = json.loads(args)
         except json.JSONDecodeError as e:
             return call["name"], None, f"malformed arguments JSON ({e.msg}): {args[:80]!r}"
+        except (ValueError, RecursionError) as e:
+            return call["name"], None, f"unreadable arguments JSON ({type(e).__name__}): {args[:80]!r}"
+        if json_depth(args) > MAX_CALL_DEPTH:
+            return call["name"], None, f"arguments are nested more than {MAX_CALL_DEPTH} levels deep"
     return call["name"], args, None
+
+
+def json_depth(obj: Any) -> int:
+    """How deeply lists and dicts nest in a decoded JSON value (iterative: any depth is safe)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 def is_tool_call(text: str) -> bool:
@@ -339,10 +378,10 @@ def search_tool(documents: list[dict]) -> Tool:
 def default_registry(weather: dict | None = None, documents: list[dict] | None = None) -> ToolRegistry:
     """calculator, get_weather and web_search, with the world's weather table and documents by default."""
     if weather is None or documents is None:
-        from minillm.data import tool_conversations as tool_data
+        from minillm.data.world import fact_documents, weather_table
 
-        weather = tool_data.weather_table() if weather is None else weather
-        documents = tool_data.documents() if documents is None else documents
+        weather = weather_table() if weather is None else weather
+        documents = fact_documents() if documents is None else documents
     reg = ToolRegistry()
     reg.register(calculator_tool())
     reg.register(weather_tool(weather))

@@ -1,6 +1,7 @@
-"""JSON Lines import/export for the SFT data sets, so users can inspect ours or bring their own.
+"""JSON Lines import/export (the SFT data sets, DPO's preference pairs), so users can inspect ours or bring
+their own.
 
-One example per line: ``{"task": ..., "messages": [OpenAI-style message dicts], "meta": {...}}``.
+SFT: one example per line: ``{"task": ..., "messages": [OpenAI-style message dicts], "meta": {...}}``.
 ``meta`` carries what evaluation needs (hidden unit tests, the expected answer or tool call); examples
 without it can still be trained on.
 """
@@ -8,7 +9,10 @@ without it can still be trained on.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
+from minillm.chat.template import check_conversation
 from minillm.checkpoint import atomic_write
 
 
@@ -19,18 +23,39 @@ def write_jsonl(examples: list[dict], path) -> None:
             f.write(json.dumps(ex, ensure_ascii=False) + "\n")
 
 
-def read_jsonl(path) -> list[dict]:
-    """Read examples written by ``write_jsonl`` (or by hand); a bad line raises naming its number."""
+def conversation(obj) -> dict:
+    """``obj`` if it is an SFT example (an object with a ``messages`` list of well-formed messages),
+    else ValueError saying what is wrong."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
+        raise ValueError("each line must be an object with a 'messages' list")
+    check_conversation(obj["messages"])
+    return obj
+
+
+def read_jsonl(path, parse: Callable[[Any], dict] = conversation) -> list[dict]:
+    """The objects of a JSONL file, one per non-blank line, each passed through ``parse``.
+
+    ``parse`` checks (and may normalise) one decoded line and raises ValueError saying what is wrong; the
+    default, ``conversation``, accepts the SFT examples ``write_jsonl`` writes. Any bad line raises
+    ValueError as "FILE:LINE: what is wrong", so a hand-edited file points at its own mistake.
+    """
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:
-                ex = json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(ex, dict) or not isinstance(ex.get("messages"), list):
-                raise ValueError(f"{path}:{n}: each line must be an object with a 'messages' list")
-            out.append(ex)
+            except (ValueError, RecursionError) as e:  # a number of over 4300 digits, nesting too deep
+                raise ValueError(f"{path}:{n}: unreadable JSON ({type(e).__name__})") from None
+            try:
+                out.append(parse(obj))
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: {e}") from None
     return out

@@ -17,18 +17,7 @@ from __future__ import annotations
 import json
 import random
 
-from minillm.data.world import CHARACTERS, FACTS, OBJECTS, PLACES, WEATHER
-
-
-def weather_table() -> dict[str, tuple[int, str]]:
-    """town -> (temperature in °C, condition), from the world."""
-    return {town: (w["temp_c"], w["condition"]) for town, w in WEATHER.items()}
-
-
-def documents() -> list[dict]:
-    """The local document collection ``web_search`` searches: one document per world fact."""
-    return [{"title": f"fact {i}", "text": f} for i, f in enumerate(FACTS)]
-
+from minillm.data.world import CHARACTERS, OBJECTS, PLACES, WEATHER
 
 _WEATHER_Q = ["What is the weather in {town}?", "How warm is it in {town}?", "Weather in {town}, please."]
 _WEATHER_Q_F = ["What is the weather in {town} in fahrenheit?", "How warm is it in {town} in fahrenheit?"]
@@ -127,4 +116,4 @@ def tool_dataset(n: int, seed: int = 0) -> list[dict]:
     return [tool_example(rng, reg) for _ in range(n)]
 
 
-__all__ = ["documents", "tool_dataset", "tool_example", "weather_table", "OBJECTS"]
+__all__ = ["tool_dataset", "tool_example", "OBJECTS"]

@@ -372,6 +372,16 @@ def question_examples(seed: int = 0, n: int = 60) -> list[str]:
     return out
 
 
+def weather_table() -> dict[str, tuple[int, str]]:
+    """town -> (temperature in °C, condition): what the ``get_weather`` tool answers from."""
+    return {town: (w["temp_c"], w["condition"]) for town, w in WEATHER.items()}
+
+
+def fact_documents() -> list[dict]:
+    """The local document collection the ``web_search`` tool searches: one document per world fact."""
+    return [{"title": f"fact {i}", "text": f} for i, f in enumerate(FACTS)]
+
+
 def tokenizer_training_text(n_chars: int = 1_000_000, seed: int = 0) -> str:
     """The shipped tokenizer's training text: world stories (~95%) plus the facts, questions and some
     tool-call JSON, so the one tokenizer also covers the formats of later phases compactly."""

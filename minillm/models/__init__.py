@@ -1,5 +1,6 @@
 """Model families, one file each: ``gpt`` (decoder-only), ``bert`` (encoder), ``bart`` and ``t5``
-(encoder-decoder)."""
+(encoder-decoder). What they share: ``common`` (id check, init, padding mask, checkpoints) and, for BART
+and T5, ``seq2seq`` (forward, KV-cached decoder, greedy generation)."""
 
 from minillm.models.bart import BART, BARTConfig
 from minillm.models.bert import BERT, BERTConfig, BERTForSequenceClassification

@@ -11,20 +11,27 @@ every real token; padding keys are masked out) → final LayerNorm → two heads
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from minillm import backend as B
 from minillm import functional as F
 from minillm import nn
-from minillm.checkpoint import CheckpointError, load, save
+from minillm.models.common import (
+    check_config,
+    check_ids,
+    init_weights,
+    model_from_checkpoint,
+    padding_mask,
+    read_checkpoint,
+    write_checkpoint,
+)
 from minillm.tensor import Tensor, concat
 
 
 @dataclass
 class BERTConfig:
     vocab_size: int = 1024
-    max_len: int = 128          # longest input (position embeddings)
+    context_length: int = 128   # longest input (position embeddings)
     d_model: int = 128
     n_heads: int = 4
     n_layers: int = 4
@@ -35,53 +42,9 @@ class BERTConfig:
 
     def __post_init__(self):
         if self.d_ff is None:
-            self.d_ff = 4 * self.d_model
-        if self.d_model % self.n_heads:
-            raise ValueError(f"BERTConfig: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff", "type_vocab_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"BERTConfig: {name} must be ≥ 1, got {getattr(self, name)}")
-
-
-def init_weights(model: nn.Module, n_layers: int) -> None:
-    """BERT/GPT-2 init: weights N(0, 0.02), biases 0; residual projections scaled by 1/√(2·n_layers)."""
-    resid_std = 0.02 / math.sqrt(2 * n_layers)
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            std = resid_std if name.endswith(("out_proj", "down_proj")) else 0.02
-            m.weight.data = B.randn(*m.weight.shape) * std
-            if getattr(m, "bias", None) is not None:
-                m.bias.data = B.xp.zeros_like(m.bias.data)
-
-
-def as_ids(ids, vocab_size: int, max_len: int, who: str):
-    """Integer (B, T) ids, or a clear error naming the bad id or length."""
-    ids = B.xp.asarray(B.unwrap(ids))
-    if ids.ndim == 1:
-        ids = ids[None, :]
-    if ids.ndim != 2 or ids.dtype.kind not in "iu":
-        raise ValueError(f"{who}: expected integer token ids of shape (B, T), got {ids.dtype} {ids.shape}")
-    if ids.size and (int(ids.max()) >= vocab_size or int(ids.min()) < 0):
-        bad = int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())
-        raise IndexError(f"{who}: token id {bad} is out of range for vocab_size {vocab_size} "
-                         f"(valid ids 0..{vocab_size - 1})")
-    if ids.shape[1] > max_len:
-        raise ValueError(f"{who}: sequence of {ids.shape[1]} tokens is longer than max_len {max_len}")
-    return ids
-
-
-def padding_mask(ids, attention_mask, pad_id: int | None):
-    """Boolean (B, T), True on padding keys: from ``attention_mask`` (1 = real token) or ``pad_id``."""
-    if attention_mask is not None:
-        am = B.xp.asarray(B.unwrap(attention_mask))
-        if am.ndim == 1:
-            am = am[None, :]
-        if am.shape != ids.shape:
-            raise ValueError(f"attention_mask has shape {am.shape}, the ids {ids.shape}")
-        return am == 0
-    if pad_id is not None:
-        return ids == pad_id
-    return None
+            self.d_ff = 4 * self.d_model if isinstance(self.d_model, int) else self.d_model
+        check_config(self, positive=("vocab_size", "context_length", "d_model", "n_heads", "n_layers", "d_ff",
+                                     "type_vocab_size"))
 
 
 class BERT(nn.Module):
@@ -95,7 +58,7 @@ class BERT(nn.Module):
         super().__init__()
         self.config = c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
-        self.pos_emb = nn.Embedding(c.max_len, c.d_model)
+        self.pos_emb = nn.Embedding(c.context_length, c.d_model)
         self.seg_emb = nn.Embedding(c.type_vocab_size, c.d_model)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(nn.TransformerBlock(c.d_model, c.n_heads, c.d_ff, c.dropout, causal=False)
@@ -115,7 +78,7 @@ class BERT(nn.Module):
         """Final hidden states (B, T, C). Padding keys (attention_mask == 0, or pad_id) are never attended to,
         so outputs at real positions do not depend on how much padding follows."""
         c = self.config
-        ids = as_ids(input_ids, c.vocab_size, c.max_len, "BERT")
+        ids = check_ids(input_ids, c.vocab_size, c.context_length, "BERT")
         Bsz, T = ids.shape
         if token_type_ids is None:
             types = B.xp.zeros_like(ids)
@@ -125,7 +88,7 @@ class BERT(nn.Module):
         x = self.tok_emb(ids) + self.pos_emb(B.xp.arange(T)) + self.seg_emb(types)  # (B, T, C)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, key_padding_mask=pad)
+            x, _ = block(x, key_padding_mask=pad)
         return self.ln_f(x)
 
     def pooled(self, h: Tensor) -> Tensor:
@@ -164,28 +127,12 @@ class BERT(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path, extra: dict | None = None) -> None:
-        save({"kind": "bert", "config": asdict(self.config), "model": self.state_dict(), **(extra or {})},
-             path)
+        write_checkpoint(path, "bert", self, extra)
 
     @classmethod
     def from_checkpoint(cls, path) -> BERT:
         """A BERT rebuilt from ``save_checkpoint`` or a ``minillm.train`` checkpoint of a BERT."""
-        config, state = read_checkpoint(path, BERTConfig, "bert")
-        model = cls(config)
-        model.load_state_dict(state)
-        return model
-
-
-def read_checkpoint(path, config_cls, kind: str):
-    """(config, model state) from a checkpoint, with a clear error when it holds another model."""
-    state = load(path)
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise CheckpointError(f"{path} holds no model (expected 'config' and 'model' entries)")
-    found = str(state.get("kind", kind)).lower()
-    if not found.startswith(kind):
-        raise CheckpointError(f"{path} holds a {found!r} model, not a {kind!r} one")
-    known = {f.name for f in fields(config_cls)}
-    return config_cls(**{k: v for k, v in state["config"].items() if k in known}), state["model"]
+        return model_from_checkpoint(cls, path, BERTConfig, "bert")
 
 
 class BERTForSequenceClassification(nn.Module):
@@ -249,7 +196,7 @@ class BERTForSequenceClassification(nn.Module):
             pos = (ids == self.mask_id).argmax(axis=1)  # first [MASK] per row
             pooled = h[B.xp.arange(ids.shape[0]), pos]  # (B, C)
         else:
-            ids = as_ids(input_ids, self.config.vocab_size, self.config.max_len, "BERT")
+            ids = check_ids(input_ids, self.config.vocab_size, self.config.context_length, "BERT")
             pad = padding_mask(ids, attention_mask, self.config.pad_id)
             real = B.xp.ones(ids.shape, dtype=h.dtype) if pad is None else (~pad).astype(h.dtype)  # (B, T)
             w = Tensor((real / real.sum(axis=1, keepdims=True))[:, :, None])  # (B, T, 1)

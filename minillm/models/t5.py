@@ -1,4 +1,4 @@
-"""T5: the text-to-text transformer (Raffel et al. 2020), in one file.
+"""T5: the text-to-text transformer (Raffel et al. 2020); what it shares with BART is in ``seq2seq``.
 
 Every task is text in, text out, named by a prefix ("summarize: ...", "translate English to Worldish: ...");
 pre-training is span corruption with sentinels <extra_id_0>, <extra_id_1>, ... (``minillm.data.objectives``).
@@ -15,23 +15,21 @@ What sets it apart from BART:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy
 
 from minillm import backend as B
-from minillm import functional as F
 from minillm import nn
-from minillm.checkpoint import save
-from minillm.models.bart import check_decoder_length, greedy_decode, run_decoder, shift_right
-from minillm.models.bert import as_ids, init_weights, padding_mask, read_checkpoint
+from minillm.models.common import check_config, init_weights
+from minillm.models.seq2seq import EncoderDecoderLM
 from minillm.tensor import Tensor
 
 
 @dataclass
 class T5Config:
     vocab_size: int = 1024
-    max_len: int = 128            # longest encoder input and decoder output (no position table: a guard)
+    context_length: int = 128     # longest encoder input and decoder output (no position table: a guard)
     d_model: int = 128
     n_heads: int = 4
     n_encoder_layers: int = 2
@@ -46,15 +44,11 @@ class T5Config:
 
     def __post_init__(self):
         if self.d_ff is None:
-            self.d_ff = 4 * self.d_model
-        if self.d_model % self.n_heads:
-            raise ValueError(f"T5Config: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers",
-                     "d_ff", "num_buckets", "max_distance"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"T5Config: {name} must be ≥ 1, got {getattr(self, name)}")
+            self.d_ff = 4 * self.d_model if isinstance(self.d_model, int) else self.d_model
+        check_config(self, positive=("vocab_size", "context_length", "d_model", "n_heads", "n_encoder_layers",
+                                     "n_decoder_layers", "d_ff", "max_distance"))
         if self.num_buckets < 4:
-            raise ValueError(f"T5Config: num_buckets must be ≥ 4, got {self.num_buckets}")
+            raise ValueError(f"T5Config: num_buckets must be >= 4, got {self.num_buckets}")
 
 
 def relative_position_bucket(relative_position: numpy.ndarray, bidirectional: bool, num_buckets: int = 32,
@@ -102,8 +96,11 @@ class RelativePositionBias(nn.Module):
         return f"bidirectional={self.bidirectional}, num_buckets={self.num_buckets}"
 
 
-class T5(nn.Module):
-    """``forward(input_ids, labels=...)`` → (logits (B, Tdec, V), loss); ``generate`` decodes greedily."""
+class T5(EncoderDecoderLM):
+    """``forward(input_ids, labels=...)`` → (logits (B, Tdec, V), loss); ``generate`` decodes greedily
+    (``EncoderDecoderLM``)."""
+
+    family, kind, config_class = "T5", "t5", T5Config
 
     def __init__(self, config: T5Config):
         super().__init__()
@@ -125,62 +122,19 @@ class T5(nn.Module):
         self.tok_emb.weight.data = B.randn(c.vocab_size, c.d_model)  # N(0, 1): the head rescales by √d
         self.lm_head.weight = self.tok_emb.weight  # tied
 
-    def encode(self, input_ids, attention_mask=None) -> tuple[Tensor, object]:
-        """Encoder output (B, Ts, C) and the key-padding mask (B, Ts) for the decoder's cross-attention."""
-        c = self.config
-        ids = as_ids(input_ids, c.vocab_size, c.max_len, "T5 encoder")
-        pad = padding_mask(ids, attention_mask, c.pad_id)
+    def _embed_encoder(self, ids) -> tuple[Tensor, Tensor]:
         T = ids.shape[1]
         bias = self.enc_rel_bias(T, T)  # (1, nh, T, T): computed once, shared by every layer
-        x = self.drop(self.tok_emb(ids))  # (B, T, C)
-        for block in self.encoder:
-            x = block(x, key_padding_mask=pad, position_bias=bias)
-        return self.drop(self.ln_enc(x)), pad
+        return self.drop(self.tok_emb(ids)), bias  # (B, T, C)
 
-    def decode(self, decoder_input_ids, memory: Tensor, memory_pad=None, past_kv: list | None = None,
-               use_cache: bool = False):
-        """Logits (B, Tt, V) for decoder inputs (B, Tt): causal self-attention + cross-attention to memory.
-        ``past_kv``/``use_cache``: a KV cache, as ``BART.decode``; returns (logits, present_kv) then."""
-        c = self.config
-        ids = as_ids(decoder_input_ids, c.vocab_size, c.max_len, "T5 decoder")
+    def _encoder_output(self, x: Tensor) -> Tensor:
+        return self.drop(self.ln_enc(x))
+
+    def _embed_decoder(self, ids, past: int) -> tuple[Tensor, Tensor]:
         T = ids.shape[1]
-        past = 0 if past_kv is None else int(past_kv[0][0].shape[2])
-        check_decoder_length(past, T, c.max_len, "T5")
         bias = self.dec_rel_bias(T, past + T, offset=past)  # (1, nh, T, past + T), causal buckets
-        x = self.drop(self.tok_emb(ids))
-        x, present = run_decoder(self.decoder, x, memory, memory_pad, past_kv, use_cache, position_bias=bias)
-        h = self.drop(self.ln_dec(x)) * (c.d_model ** -0.5)  # T5's rescale before the tied head
-        logits = self.lm_head(h)  # (B, Tt, V)
-        return (logits, present) if use_cache else logits
+        return self.drop(self.tok_emb(ids)), bias  # (B, T, C)
 
-    def forward(self, input_ids, decoder_input_ids=None, labels=None, attention_mask=None):
-        """(logits, loss). ``labels`` (B, Tt): the target text, -100 where no loss; decoder inputs default to
-        the labels shifted right (teacher forcing)."""
-        if decoder_input_ids is None:
-            if labels is None:
-                raise ValueError("T5: pass labels or decoder_input_ids")
-            decoder_input_ids = shift_right(labels, self.config.decoder_start_id, self.config.pad_id)
-        memory, pad = self.encode(input_ids, attention_mask)
-        logits = self.decode(decoder_input_ids, memory, pad)
-        loss = None
-        if labels is not None:
-            lab = B.xp.asarray(B.unwrap(labels)).reshape(logits.shape[:2])
-            loss = F.cross_entropy(logits, lab)
-        return logits, loss
-
-    def generate(self, input_ids, max_new_tokens: int = 64, attention_mask=None, use_cache: bool = True
-                 ) -> list[list[int]]:
-        """Greedy decoding: one list of ids per input row, stopping at eos (not included); KV-cached
-        unless ``use_cache=False`` (same tokens)."""
-        return greedy_decode(self, input_ids, max_new_tokens, attention_mask, use_cache)
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, path, extra: dict | None = None) -> None:
-        save({"kind": "t5", "config": asdict(self.config), "model": self.state_dict(), **(extra or {})}, path)
-
-    @classmethod
-    def from_checkpoint(cls, path) -> T5:
-        config, state = read_checkpoint(path, T5Config, "t5")
-        model = cls(config)
-        model.load_state_dict(state)
-        return model
+    def _decoder_output(self, x: Tensor) -> Tensor:
+        h = self.drop(self.ln_dec(x)) * (self.config.d_model ** -0.5)  # T5's rescale before the tied head
+        return self.lm_head(h)  # (B, Tt, V)

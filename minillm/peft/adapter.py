@@ -14,6 +14,7 @@ from __future__ import annotations
 from minillm import backend as B
 from minillm import functional as F
 from minillm import nn
+from minillm.peft.surgery import find_modules, parent_and_name
 from minillm.tensor import Tensor
 
 
@@ -50,7 +51,7 @@ def adapter_param_count(d_model: int, bottleneck: int) -> int:
 
 class AdaptedSublayer(nn.Module):
     """A frozen sub-layer followed by an adapter on its output; keyword arguments pass straight through, and a
-    tuple output (attention with ``use_cache``: (y, present_kv)) gets the adapter on its first element."""
+    tuple output (attention, a block: (y, present_kv)) gets the adapter on its first element."""
 
     def __init__(self, base_layer: nn.Module, adapter: Adapter):
         super().__init__()
@@ -79,15 +80,12 @@ def apply_adapters(model: nn.Module, bottleneck: int = 16, target_modules: tuple
                    activation: str = "gelu") -> nn.Module:
     """Insert an adapter after every sub-layer whose name ends in ``target_modules`` (a TransformerBlock's
     ``attn`` and ``mlp``), in place; freeze every other parameter. Returns the model."""
-    from minillm.peft.lora import _matches, _parent_and_name
-
     model.requires_grad_(False)
-    hits = [(n, m) for n, m in model.named_modules()
-            if n and _matches(n, tuple(target_modules)) and not isinstance(m, (AdaptedSublayer, Adapter))]
+    hits = find_modules(model, tuple(target_modules), lambda m: not isinstance(m, (AdaptedSublayer, Adapter)))
     if not hits:
         raise ValueError(f"apply_adapters: no sub-module name ends in {tuple(target_modules)}")
     for name, m in hits:
-        parent, last = _parent_and_name(model, name)
+        parent, last = parent_and_name(model, name)
         if isinstance(parent, AdaptedSublayer):
             continue
         setattr(parent, last, AdaptedSublayer(m, Adapter(_output_dim(m), bottleneck, activation)))

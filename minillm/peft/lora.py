@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from minillm import backend as B
 from minillm import nn
+from minillm.peft.surgery import find_modules, is_linear_like, is_quantized_linear, replace_module
 from minillm.tensor import Tensor
 
 
@@ -63,9 +64,10 @@ class LoRAConfig:
 class LoRALinear(nn.Module):
     """A frozen linear layer plus a trainable low-rank update: h = base(x) + s · B A dropout(x).
 
-    ``base_layer`` is an ``nn.Linear`` (LoRA) or a ``QuantizedLinear`` (QLoRA): anything with
-    ``in_features``, ``out_features`` and a forward. After ``merge()`` the update is folded into the
-    base weight and forward is the base layer alone (one matmul); ``unmerge()`` takes it out again.
+    ``base_layer`` is an ``nn.Linear`` (LoRA) or a ``QuantizedLinear`` (QLoRA): any Linear-like layer
+    (``surgery.is_linear_like``: ``in_features``, ``out_features``, a forward). After ``merge()`` the
+    update is folded into the base weight and forward is the base layer alone (one matmul); ``unmerge()``
+    takes it out again.
     """
 
     def __init__(self, base_layer: nn.Module, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0,
@@ -130,18 +132,6 @@ class LoRALinear(nn.Module):
 
 
 # ------------------------------------------------------------------ applying to a model
-def _parent_and_name(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
-    parent = model
-    *path, last = dotted.split(".")
-    for part in path:
-        parent = parent._modules[part]
-    return parent, last
-
-
-def _matches(name: str, targets: tuple) -> bool:
-    return any(name == t or name.endswith("." + t) for t in targets)
-
-
 def apply_lora(model: nn.Module, config: LoRAConfig | None = None) -> nn.Module:
     """Wrap every Linear whose name ends in one of ``config.target_modules`` in a ``LoRALinear``, in place.
 
@@ -149,15 +139,13 @@ def apply_lora(model: nn.Module, config: LoRAConfig | None = None) -> nn.Module:
     LoRA matrices train and only they get gradients and optimizer state. Returns the model.
     Raises ValueError naming the model's Linear layers if no target matches.
     """
-    from minillm.peft.qlora import QuantizedLinear
-
     config = config or LoRAConfig()
     model.requires_grad_(False)
-    hits = [(name, m) for name, m in model.named_modules()
-            if name and isinstance(m, (nn.Linear, QuantizedLinear, LoRALinear))
-            and _matches(name, config.target_modules) and not name.endswith((".lora_A", ".lora_B"))]
+    hits = [(name, m) for name, m in find_modules(model, config.target_modules,
+                                                   lambda m: is_linear_like(m) or isinstance(m, LoRALinear))
+            if not name.endswith((".lora_A", ".lora_B"))]
     if not hits:
-        linears = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, QuantizedLinear))]
+        linears = [n for n, m in model.named_modules() if is_linear_like(m)]
         raise ValueError(f"apply_lora: no Linear layer matches target_modules={config.target_modules}; "
                          f"the model's Linear layers are {linears[:12]}{' ...' if len(linears) > 12 else ''}")
     for name, m in hits:
@@ -165,10 +153,9 @@ def apply_lora(model: nn.Module, config: LoRAConfig | None = None) -> nn.Module:
             for p in (m.lora_A.weight, m.lora_B.weight):
                 p.requires_grad = True
             continue
-        parent, last = _parent_and_name(model, name)
-        setattr(parent, last, LoRALinear(m, r=config.r, lora_alpha=config.lora_alpha,
-                                         lora_dropout=config.lora_dropout, use_rslora=config.use_rslora,
-                                         init=config.init))
+        wrapped = LoRALinear(m, r=config.r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                             use_rslora=config.use_rslora, init=config.init)
+        replace_module(model, name, wrapped)
     return model
 
 
@@ -217,17 +204,15 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         base = m.base_layer
         if isinstance(base, nn.Linear):
             w = base.weight.data + (0 if m.merged else m.delta_weight())
-            bias = base.bias
-        else:  # QuantizedLinear
+        else:  # a quantized base (surgery.is_quantized_linear)
             w = base.dequantize() + m.delta_weight()
-            bias = base.bias
+        bias = base.bias
         lin = nn.Linear(m.in_features, m.out_features, bias=bias is not None)
         lin.weight.data = B.asarray(w, dtype=B.default_dtype)
         if bias is not None:
             lin.bias.data = bias.data.copy()
         lin.requires_grad_(False)
-        parent, last = _parent_and_name(model, name)
-        setattr(parent, last, lin)
+        replace_module(model, name, lin)
     return model
 
 
@@ -264,12 +249,11 @@ def load_lora_state_dict(model: nn.Module, state: dict) -> None:
 
 # ------------------------------------------------------------------ counting
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, all) parameter counts; a QuantizedLinear's frozen 4-bit weight counts as its d_out·d_in."""
-    from minillm.peft.qlora import QuantizedLinear
-
+    """(trainable, all) parameter counts; a quantized layer's frozen weight (a QuantizedLinear's 4-bit codes,
+    which are buffers, not parameters) counts as its d_out·d_in."""
     trainable = sum(p.size for p in model.parameters() if p.requires_grad)
     total = sum(p.size for p in model.parameters())
-    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantizedLinear))
+    total += sum(m.in_features * m.out_features for m in model.modules() if is_quantized_linear(m))
     return trainable, total
 
 

@@ -205,7 +205,7 @@ def main(args) -> int:
                              d_ff=args.ffn, gated_mlp=not args.plain_mlp, name="custom")
     methods = METHODS if args.method == "all" else (args.method,)
     recompute = args.recompute == "on"
-    params = int(float(args.params)) if args.params else None
+    params = int(args.params) if args.params else None
     rows = memory_table(shape, args.batch, args.seq, recompute, params, methods, args.r)
     n = params or shape.num_parameters()
     print(f"fine-tuning memory for {n / 1e9:.3g}B parameters ({shape.n_layers} layers, "
@@ -218,16 +218,18 @@ def main(args) -> int:
 
 def add_arguments(p) -> None:
     """The ``minillm memory`` flags (LLaMA-7B-like defaults)."""
-    p.add_argument("--params", default=None,
+    from minillm import options as opt
+
+    p.add_argument("--params", type=opt.positive_float, default=None,
                    help="parameter count, e.g. 7e9 (default: computed from the shape)")
-    p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--ffn", type=int, default=11008, help="feed-forward width (LLaMA-7B: 11008)")
+    p.add_argument("--layers", type=opt.positive_int, default=32)
+    p.add_argument("--hidden", type=opt.positive_int, default=4096)
+    p.add_argument("--heads", type=opt.positive_int, default=32)
+    p.add_argument("--vocab", type=opt.positive_int, default=32000)
+    p.add_argument("--ffn", type=opt.positive_int, default=11008, help="feed-forward width (LLaMA-7B: 11008)")
     p.add_argument("--plain-mlp", action="store_true", help="GPT-style 2-matrix MLP instead of SwiGLU")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--batch", type=opt.positive_int, default=1)
+    p.add_argument("--seq", type=opt.positive_int, default=2048)
     p.add_argument("--recompute", choices=["on", "off"], default="off", help="full activation recomputation")
     p.add_argument("--method", choices=["all", *METHODS], default="all")
-    p.add_argument("--r", type=int, default=8, help="LoRA rank")
+    p.add_argument("--r", type=opt.positive_int, default=8, help="LoRA rank")

@@ -24,8 +24,8 @@ def prefix_param_count(n_layers: int, d_model: int, num_virtual_tokens: int) -> 
 
 
 class PrefixTuning(nn.Module):
-    """A frozen GPT-like ``model`` (``blocks``, ``config`` with n_heads/d_model, forward taking ``past_kv``
-    and    ``start_pos``) behind P trainable key/value prefixes per layer.
+    """A frozen GPT-like ``model`` (``blocks``, ``config`` with n_heads/d_model, ``forward`` and
+    ``forward_cached`` taking ``past_kv`` and ``start_pos``) behind P trainable key/value prefixes per layer.
 
     Call it like the model: ``logits, loss = prefixed(ids, targets)``; ``generate(prefixed, ...)`` works
     too (the prefix is the start of the KV cache, and token positions still start at 0).
@@ -60,7 +60,7 @@ class PrefixTuning(nn.Module):
         ids = (B.rng.integers(0, self.config.vocab_size, size=(1, P)) if init_ids is None
                else B.to_numpy(init_ids).reshape(1, P))
         with no_grad():
-            _, _, present = self.model(ids, use_cache=True)
+            _, present = self.model.forward_cached(ids)
         kv = B.xp.stack([B.xp.stack([k.data[0], v.data[0]]) for k, v in present])  # (L, 2, nh, P, hs)
         return kv.astype(B.default_dtype)
 
@@ -79,14 +79,25 @@ class PrefixTuning(nn.Module):
         kv = self.prefix_kv_tensor()
         return [(kv[i, 0][None], kv[i, 1][None]) for i in range(self.n_layers)]
 
-    def forward(self, ids, targets=None, past_kv: list | None = None, use_cache: bool = False,
-                start_pos: int | None = None):
-        P = self.num_virtual_tokens
+    def _past_and_start(self, past_kv: list | None, start_pos: int | None) -> tuple[list, int]:
+        """The past the model attends to and the position of ids[:, 0]."""
         if past_kv is None:  # a fresh call: the prefix is the whole past, real tokens start at position 0
-            past_kv, start = self.past_key_values(), 0 if start_pos is None else start_pos
-        else:  # a cached call: the cache already begins with the prefix
-            start = int(past_kv[0][0].shape[2]) - P if start_pos is None else start_pos
-        return self.model(ids, targets, past_kv=past_kv, use_cache=use_cache, start_pos=start)
+            return self.past_key_values(), 0 if start_pos is None else start_pos
+        # a cached call: the cache already begins with the prefix
+        start = int(past_kv[0][0].shape[2]) - self.num_virtual_tokens if start_pos is None else start_pos
+        return past_kv, start
+
+    def forward(self, ids, targets=None, past_kv: list | None = None, start_pos: int | None = None
+                ) -> tuple[Tensor, Tensor | None]:
+        """(logits, loss) of the model with the prefix in front (``past_kv``: a cache that begins with it)."""
+        past_kv, start = self._past_and_start(past_kv, start_pos)
+        return self.model(ids, targets, past_kv=past_kv, start_pos=start)
+
+    def forward_cached(self, ids, past_kv: list | None = None, start_pos: int | None = None
+                       ) -> tuple[Tensor, list]:
+        """(logits, present_kv) as the model's ``forward_cached``; the cache begins with the prefix."""
+        past_kv, start = self._past_and_start(past_kv, start_pos)
+        return self.model.forward_cached(ids, past_kv=past_kv, start_pos=start)
 
     def fold(self) -> None:
         """Replace the MLP reparameterisation by its output (plain trainable parameters); drops the MLP."""

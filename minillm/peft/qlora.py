@@ -27,6 +27,8 @@ import numpy
 from minillm import backend as B
 from minillm import functional as F
 from minillm import nn
+from minillm.peft.lora import LoRAConfig, apply_lora
+from minillm.peft.surgery import matches, replace_module
 from minillm.tensor import Tensor
 
 NF4_BLOCK_SIZE = 64
@@ -296,22 +298,17 @@ class QuantizedLinear(nn.Module):
 def quantize_model(model: nn.Module, block_size: int = NF4_BLOCK_SIZE, double_quant: bool = True,
                    skip_modules: tuple = ("lm_head",)) -> nn.Module:
     """Replace every nn.Linear (except names ending in ``skip_modules``) by a frozen QuantizedLinear."""
-    from minillm.peft.lora import _matches, _parent_and_name
-
     for name, m in list(model.named_modules()):
-        if name and isinstance(m, nn.Linear) and not _matches(name, tuple(skip_modules)):
-            parent, last = _parent_and_name(model, name)
-            setattr(parent, last, QuantizedLinear(m, block_size, double_quant))
+        if name and isinstance(m, nn.Linear) and not matches(name, tuple(skip_modules)):
+            replace_module(model, name, QuantizedLinear(m, block_size, double_quant))
     return model
 
 
-def apply_qlora(model: nn.Module, config=None, block_size: int = NF4_BLOCK_SIZE, double_quant: bool = True,
-                skip_modules: tuple = ("lm_head",)) -> nn.Module:
+def apply_qlora(model: nn.Module, config: LoRAConfig | None = None, block_size: int = NF4_BLOCK_SIZE,
+                double_quant: bool = True, skip_modules: tuple = ("lm_head",)) -> nn.Module:
     """QLoRA in one call: quantise the base's Linear layers to NF4, freeze everything, add LoRA on the
     ``config.target_modules`` (which now wrap QuantizedLinear bases). ``lm_head`` stays in float by default
     (as in Hugging Face's 4-bit loading), which also keeps a weight tied to the embedding intact."""
-    from minillm.peft.lora import LoRAConfig, apply_lora
-
     quantize_model(model, block_size, double_quant, skip_modules)
     return apply_lora(model, config or LoRAConfig())
 

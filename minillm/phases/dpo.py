@@ -16,22 +16,30 @@ label is flipped with probability ε). Metric names follow TRL's DPOTrainer.
 
 Sequence log-probabilities sum the next-token log-probs over the completion tokens only: prompt and
 padding positions have mask 0. Training runs through ``minillm.train.train`` (the one training loop);
-this module supplies its ``loss_fn`` and ``get_batch``.
+this module supplies its ``loss_fn`` and ``get_batch``. The preference data (prompts, judge, pairs) comes
+from ``minillm.phases.preferences``, which imports nothing from here; ``run_dpo_phase`` joins the two.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy
 
 from minillm import backend as B
 from minillm import functional as F
+from minillm import options as opt
+from minillm.chat.template import render_prompt
+from minillm.data.objectives import pad_sequences
+from minillm.nn import Module, evaluating
+from minillm.phases import preferences as P
 from minillm.tensor import Tensor, no_grad
+from minillm.train import TrainConfig, train
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -68,14 +76,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     reference log-probs are constants (no gradient flows to them). With policy = reference, h = 0 and the
     sigmoid loss is log 2.
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"dpo_loss: loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(beta)):
-        raise ValueError(f"dpo_loss: beta must be a positive number, got {beta!r}")
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"dpo_loss: label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    if label_smoothing and loss_type != "sigmoid":
-        raise ValueError(f"dpo_loss: label_smoothing applies to loss_type='sigmoid' only, got {loss_type!r}")
+    _check_loss_options(beta, loss_type, label_smoothing)
     pc = _as_tensor(policy_chosen_logps)
     pr = _as_tensor(policy_rejected_logps, pc)
     rc = _as_tensor(ref_chosen_logps, pc).detach()
@@ -94,11 +95,25 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
         losses = (h - 1 / (2 * beta)) ** 2
     else:  # hinge
         losses = F.relu(1 - h * beta)
-    loss = losses.mean()
+    return losses.mean(), _reward_metrics(pc, pr, rc, rr, beta)
 
+
+def _check_loss_options(beta: float, loss_type: str, label_smoothing: float) -> None:
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"dpo_loss: loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(beta)):
+        raise ValueError(f"dpo_loss: beta must be a positive number, got {beta!r}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"dpo_loss: label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if label_smoothing and loss_type != "sigmoid":
+        raise ValueError(f"dpo_loss: label_smoothing applies to loss_type='sigmoid' only, got {loss_type!r}")
+
+
+def _reward_metrics(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float) -> dict:
+    """TRL's DPOTrainer metrics of one batch, in float64 (see ``dpo_loss``)."""
     r_c = beta * (B.to_numpy(pc.data).astype(numpy.float64) - B.to_numpy(rc.data))
     r_r = beta * (B.to_numpy(pr.data).astype(numpy.float64) - B.to_numpy(rr.data))
-    metrics = {
+    return {
         "rewards/chosen": float(r_c.mean()),
         "rewards/rejected": float(r_r.mean()),
         "rewards/margins": float((r_c - r_r).mean()),
@@ -106,34 +121,30 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
         "logps/chosen": float(B.to_numpy(pc.data).mean()),
         "logps/rejected": float(B.to_numpy(pr.data).mean()),
     }
-    return loss, metrics
 
 
 # ------------------------------------------------------------------------------ sequence log-probs
-def pad_sequences(seqs: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], pad_id: int = 0,
-                  length: int | None = None) -> tuple[numpy.ndarray, numpy.ndarray]:
+def pad_with_masks(seqs: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], pad_id: int = 0,
+                   length: int | None = None) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Right-pad token id lists and their completion masks to one (B, T) pair of int64 arrays.
 
     Padding gets mask 0. A causal model never lets an earlier position see a later one, so right padding
-    changes no log-prob of a real token.
+    changes no log-prob of a real token. Unlike ``pad_sequences`` this never truncates: a sequence longer
+    than ``length``, or a mask that does not match its sequence, raises.
     """
     if len(seqs) != len(masks):
-        raise ValueError(f"pad_sequences: {len(seqs)} sequences but {len(masks)} masks")
+        raise ValueError(f"pad_with_masks: {len(seqs)} sequences but {len(masks)} masks")
     for i, (s, m) in enumerate(zip(seqs, masks)):
         if len(s) != len(m):
-            raise ValueError(f"pad_sequences: sequence {i} has {len(s)} tokens but its mask has {len(m)}")
+            raise ValueError(f"pad_with_masks: sequence {i} has {len(s)} tokens but its mask has {len(m)}")
     T = max((len(s) for s in seqs), default=0) if length is None else int(length)
-    ids = numpy.full((len(seqs), T), pad_id, dtype=numpy.int64)
-    mask = numpy.zeros((len(seqs), T), dtype=numpy.int64)
-    for i, (s, m) in enumerate(zip(seqs, masks)):
+    for i, s in enumerate(seqs):
         if len(s) > T:
-            raise ValueError(f"pad_sequences: sequence {i} has {len(s)} tokens, more than length {T}")
-        ids[i, :len(s)] = s
-        mask[i, :len(m)] = m
-    return ids, mask
+            raise ValueError(f"pad_with_masks: sequence {i} has {len(s)} tokens, more than length {T}")
+    return pad_sequences(seqs, pad_id, T), pad_sequences(masks, 0, T)
 
 
-def sequence_logps(model, ids, completion_mask, average: bool = False) -> Tensor:
+def sequence_logps(model: Module, ids, completion_mask, average: bool = False) -> Tensor:
     """log π(completion | prompt) per row: Σ_t mask[t] · log p(ids[t] | ids[<t]), a (B,) Tensor.
 
     ``ids`` (B, T) holds prompt + completion (+ right padding); ``completion_mask`` (B, T) is 1 on the
@@ -164,7 +175,7 @@ def sequence_logps(model, ids, completion_mask, average: bool = False) -> Tensor
 
 
 # ------------------------------------------------------------------------------ reference model
-def frozen_reference(model):
+def frozen_reference(model: Module) -> Module:
     """A deep copy of ``model`` in eval mode with every parameter frozen: no gradients, and so no
     optimizer state (``train`` builds AdamW from the policy's parameters only)."""
     ref = copy.deepcopy(model)
@@ -178,6 +189,7 @@ def frozen_reference(model):
 # ------------------------------------------------------------------------------ data and training
 @dataclass
 class DPOConfig:
+    """The DPO loss and its reference log-probs (TRL's DPOConfig names)."""
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
@@ -216,7 +228,7 @@ class PreferenceDataset:
         exs = [self.examples[i] for i in idx]
         seqs = [e["chosen_ids"] for e in exs] + [e["rejected_ids"] for e in exs]
         masks = [e["chosen_mask"] for e in exs] + [e["rejected_mask"] for e in exs]
-        ids, mask = pad_sequences(seqs, masks, self.pad_id)
+        ids, mask = pad_with_masks(seqs, masks, self.pad_id)
         out = {"idx": numpy.asarray(idx), "ids": ids, "mask": mask}
         if self.ref_chosen_logps is not None:
             out["ref_chosen_logps"] = self.ref_chosen_logps[out["idx"]]
@@ -224,14 +236,14 @@ class PreferenceDataset:
         return out
 
 
-def concatenated_logps(model, batch: dict, average: bool = False) -> tuple[Tensor, Tensor]:
+def concatenated_logps(model: Module, batch: dict, average: bool = False) -> tuple[Tensor, Tensor]:
     """(chosen, rejected) sequence log-probs of a ``PreferenceDataset.batch`` in one forward pass."""
     logps = sequence_logps(model, batch["ids"], batch["mask"], average)
     n = logps.shape[0] // 2
     return logps[:n], logps[n:]
 
 
-def precompute_reference(reference, dataset: PreferenceDataset, batch_size: int = 32,
+def precompute_reference(reference: Module, dataset: PreferenceDataset, batch_size: int = 32,
                          average: bool = False) -> None:
     """Fill ``dataset.ref_*_logps`` with the reference's log-probs, once, so training never runs it."""
     rc, rr = [], []
@@ -288,11 +300,9 @@ def dpo_eval_fn(loss_fn, dataset: PreferenceDataset, batch_size: int = 32):
     """``eval_fn(model)`` for ``train``: DPO loss and metrics over the whole of ``dataset`` (no sampling)."""
 
     def eval_fn(model):
-        was = model.training
-        model.eval()
         tot: dict[str, float] = {}
         n = 0
-        with no_grad():
+        with evaluating(model):
             for s in range(0, len(dataset), batch_size):
                 idx = numpy.arange(s, min(s + batch_size, len(dataset)))
                 loss, metrics = loss_fn(model, dataset.batch(idx))
@@ -300,7 +310,6 @@ def dpo_eval_fn(loss_fn, dataset: PreferenceDataset, batch_size: int = 32):
                 for k, v in {"loss": float(loss.item()), **metrics}.items():
                     tot[k] = tot.get(k, 0.0) + v * len(idx)
                 n += len(idx)
-        model.train(was)
         return {f"val_{k}": v / n for k, v in tot.items()}
 
     return eval_fn
@@ -314,8 +323,6 @@ def train_dpo(policy, train_set: PreferenceDataset, config: DPOConfig, train_con
     ``config.precompute_ref_log_probs`` its log-probs are computed once for every pair and the loop never
     calls it again.
     """
-    from minillm.train import train
-
     if reference is None:
         reference = frozen_reference(policy)
     if any(p.requires_grad for p in reference.parameters()):
@@ -331,7 +338,7 @@ def train_dpo(policy, train_set: PreferenceDataset, config: DPOConfig, train_con
     return history, reference
 
 
-def log_ratio_drift(policy, reference, ids, completion_mask) -> dict:
+def log_ratio_drift(policy: Module, reference: Module, ids, completion_mask) -> dict:
     """How far the policy moved from the reference on given sequences (usually the policy's own samples):
     the mean per-sequence log-ratio log π_θ(y|x) − log π_ref(y|x), which for y ~ π_θ estimates
     KL(π_θ ‖ π_ref), and its mean per completion token."""
@@ -342,6 +349,18 @@ def log_ratio_drift(policy, reference, ids, completion_mask) -> dict:
     d = lp - lr
     return {"kl": float(d.mean()), "kl_per_token": float((d / numpy.maximum(n_tok, 1)).mean()),
             "policy_logp": float(lp.mean()), "ref_logp": float(lr.mean())}
+
+
+def samples_kl(policy: Module, reference: Module, seqs: Sequence[Sequence[int]],
+               masks: Sequence[Sequence[int]], pad_id: int = 0, batch_size: int = 64) -> float:
+    """``log_ratio_drift``'s KL estimate over many sequences, ``batch_size`` at a time (0.0 for none)."""
+    total, n = 0.0, 0
+    for s in range(0, len(seqs), batch_size):
+        ids, mask = pad_with_masks(seqs[s:s + batch_size], masks[s:s + batch_size], pad_id)
+        k = len(seqs[s:s + batch_size])
+        total += log_ratio_drift(policy, reference, ids, mask)["kl"] * k
+        n += k
+    return total / n if n else 0.0
 
 
 # ------------------------------------------------------------------------------ the phase
@@ -361,94 +380,163 @@ def sft_on_prompts(model, tokenizer, conversations: Sequence[dict], steps: int, 
     return train(model, sft_loss, sft_batches(pairs, pairs, batch_size, tokenizer.pad_id), cfg)
 
 
-def run_dpo_phase(policy, tokenizer, *, pretrained=None, steps: int = 60, beta: float = 0.1,
-                  loss_type: str = "sigmoid", label_smoothing: float = 0.0, lr: float = 1e-4,
-                  batch_size: int = 16, sft_steps: int = 0, sft_lr: float = 1e-3, num_samples: int = 4,
-                  temperature: float = 0.7, triplets: list[dict] | None = None, pair_source: str = "sampled",
-                  eval_samples: int = 2, min_pairs: int = 16, max_new_tokens: int = 48,
-                  rpo_alpha: float = 0.0, add_demo: bool = True,
-                  seed: int = 0, quick: bool = False, progress: bool = False, log=print) -> dict:
+@dataclass
+class DPOPhaseConfig:
+    """What ``run_dpo_phase`` does, start to end (the ``minillm dpo`` options, minus files)."""
+    steps: int = 60                # DPO steps
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    rpo_alpha: float = 0.0
+    lr: float = 1e-4
+    batch_size: int = 16           # preference pairs per step
+    sft_steps: int = 0             # mixed-quality SFT steps before DPO (0 = none)
+    sft_lr: float = 1e-3
+    pair_source: str = "sampled"   # "sampled" (the model writes, the judge picks) or "offline"
+    num_samples: int = 4           # replies sampled per prompt for the pairs
+    add_demo: bool = True          # the prompt's example reply is one more candidate
+    min_pairs: int = 16            # sampled pairs are topped up with offline ones to this many
+    temperature: float = 0.7       # sampling temperature (pairs and behaviour table)
+    eval_samples: int = 2          # replies per held-out prompt in the behaviour table
+    max_new_tokens: int = 48
+    seed: int = 0
+    quick: bool = False            # a few prompts, short replies (for tests)
+    progress: bool = False
+    checkpoint_dir: str | None = None  # DPO training writes a resumable checkpoint.npz here
+
+    def behaviour_sampling(self) -> dict:
+        """The sampling keywords of every behaviour-table column (the same for each, so they compare)."""
+        return dict(num_samples=self.eval_samples, temperature=self.temperature,
+                    max_new_tokens=self.max_new_tokens, seed=self.seed + 7)
+
+
+def run_dpo_phase(policy: Module, tokenizer, config: DPOPhaseConfig | None = None, *, pretrained=None,
+                  triplets: list[dict] | None = None, log: Callable[[str], None] = print) -> dict:
     """The alignment phase end to end, on ``minillm.phases.preferences``' world prompts:
 
-    1. (``sft_steps`` > 0) mixed-quality SFT on the preference prompts (good and bad demonstrations), so
-       the model lands "in the middle";
-    2. preference pairs: ``triplets`` if given, else (``pair_source="sampled"``) the model samples
-       ``num_samples`` replies per train prompt and the rule-based judge picks chosen/rejected, or
-       (``"offline"``) the prompts' own good/bad example replies; sampled pairs fewer than ``min_pairs``
-       are topped up with offline ones (reported in the pair stats);
-    3. DPO against a frozen copy of the SFT model (reference log-probs precomputed once);
-    4. the behaviour table on held-out prompts: before SFT (``pretrained``, if given), after SFT, after DPO,
-       with the KL of the DPO policy's own samples from the reference.
+    1. (``sft_steps`` > 0) mixed-quality SFT on the preference prompts, so the model lands "in the middle";
+    2. preference pairs (``make_pairs``): ``triplets`` if given, else sampled and judged, or offline;
+    3. DPO against a frozen copy of the SFT model (``train_on_pairs``);
+    4. the behaviour table on held-out prompts (``behaviour_column``): before SFT (``pretrained``, if
+       given), after SFT, after DPO with the KL of the DPO policy's own samples from the reference.
 
     ``policy`` is trained in place. Returns a report dict (tables, pair stats, history, final metrics).
     """
-    from minillm.chat.template import render_prompt
-    from minillm.phases import preferences as P
-    from minillm.train import TrainConfig
+    config = config or DPOPhaseConfig()
+    if config.quick:
+        config = replace(config, max_new_tokens=min(config.max_new_tokens, 24))
+    train_prompts, eval_prompts = phase_prompts(tokenizer, policy.config.context_length, config.quick)
+    gen = config.behaviour_sampling()
+    table: dict[str, dict] = {}
+    if pretrained is not None:
+        table["pre-trained"] = behaviour_column(pretrained, tokenizer, eval_prompts, **gen)
+    if config.sft_steps:
+        mix = P.sft_mixture(train_prompts, seed=config.seed)
+        h = sft_on_prompts(policy, tokenizer, mix, config.sft_steps, config.sft_lr, seed=config.seed,
+                           progress=config.progress)
+        log(f"mixed-quality SFT: {config.sft_steps} steps on {len(mix)} demonstrations, loss "
+            f"{h['loss'][0]:.3f} → {h['loss'][-1]:.3f}")
+    table["SFT"] = behaviour_column(policy, tokenizer, eval_prompts, **gen)
+    triplets, examples, stats = make_pairs(policy, tokenizer, train_prompts, config, triplets)
+    log(f"preference pairs: {stats}")
+    history, reference, final = train_on_pairs(policy, examples, config, tokenizer.pad_id)
+    table["DPO"] = behaviour_column(policy, tokenizer, eval_prompts, reference=reference, **gen)
+    return {"table": table, "pairs": stats, "triplets": triplets, "history": history, "final": final,
+            "reference": reference, "eval_prompts": eval_prompts}
 
+
+def phase_prompts(tokenizer, context_length: int, quick: bool = False) -> tuple[list[dict], list[dict]]:
+    """The train and held-out preference prompts that fit ``context_length`` with room for a reply."""
     train_prompts = P.make_prompts("train", seed=0)
     eval_prompts = P.make_prompts("eval", seed=0)
     if quick:
         train_prompts, eval_prompts = train_prompts[::12], eval_prompts[::10]
-        max_new_tokens = min(max_new_tokens, 24)
-    ctx = policy.config.context_length
-    fits = lambda p: len(render_prompt(p["messages"], tokenizer)) + 16 <= ctx  # noqa: E731
+    fits = lambda p: len(render_prompt(p["messages"], tokenizer)) + 16 <= context_length  # noqa: E731
     train_prompts = [p for p in train_prompts if fits(p)]
     eval_prompts = [p for p in eval_prompts if fits(p)]
     if not train_prompts or not eval_prompts:
-        raise ValueError(f"dpo: no preference prompt fits context_length {ctx} (with room for a reply)")
-    gen = dict(num_samples=eval_samples, temperature=temperature, max_new_tokens=max_new_tokens,
-               seed=seed + 7)
-    table: dict[str, dict] = {}
-    if pretrained is not None:
-        table["pre-trained"] = P.evaluate_behaviour(pretrained, tokenizer, eval_prompts, **gen)
-    if sft_steps:
-        mix = P.sft_mixture(train_prompts, seed=seed)
-        h = sft_on_prompts(policy, tokenizer, mix, sft_steps, sft_lr, seed=seed, progress=progress)
-        log(f"mixed-quality SFT: {sft_steps} steps on {len(mix)} demonstrations, loss {h['loss'][0]:.3f} → "
-            f"{h['loss'][-1]:.3f}")
-    table["SFT"] = P.evaluate_behaviour(policy, tokenizer, eval_prompts, **gen)
-    if triplets is None and pair_source == "sampled":
-        triplets, stats = P.sample_pairs(policy, tokenizer, train_prompts, num_samples, temperature,
-                                         max_new_tokens, seed=seed + 1, add_demo=add_demo)
-        if len(triplets) < min_pairs:  # a model too weak to write distinguishable replies: top up offline
-            have = {json.dumps(t["prompt"]) for t in triplets}
-            extra = [t for t in P.offline_pairs(train_prompts, seed) if json.dumps(t["prompt"]) not in have]
-            triplets = triplets + extra[:min_pairs - len(triplets)]
-            stats["offline top-up"] = len(triplets) - stats["pairs"]
-    elif triplets is None and pair_source == "offline":
-        triplets = P.offline_pairs(train_prompts, seed=seed)
-        stats = {"pairs": len(triplets), "source": "offline (example replies)"}
-    elif triplets is None:
-        raise ValueError(f"dpo: pair_source must be 'sampled' or 'offline', got {pair_source!r}")
-    else:
+        raise ValueError(f"dpo: no preference prompt fits context_length {context_length} (with room for a "
+                         "reply)")
+    return train_prompts, eval_prompts
+
+
+def make_pairs(policy: Module, tokenizer, prompts: Sequence[dict], config: DPOPhaseConfig,
+               triplets: list[dict] | None = None) -> tuple[list[dict], list[dict], dict]:
+    """Preference triplets for ``prompts`` and their tokenized examples: ``triplets`` if given, else
+    (``pair_source="sampled"``) the policy's own replies picked by the judge, or (``"offline"``) the
+    prompts' good/bad example replies. Pairs too long for the context are dropped. Returns
+    (triplets, examples, stats)."""
+    if triplets is not None:
         stats = {"pairs": len(triplets), "source": "given"}
-    examples, dropped = P.tokenize_triplets(triplets, tokenizer, max_length=ctx + 1)
-    stats["dropped (too long)"] = dropped
-    log(f"preference pairs: {stats}")
+    elif config.pair_source == "sampled":
+        triplets, stats = sampled_pairs(policy, tokenizer, prompts, config)
+    elif config.pair_source == "offline":
+        triplets = P.offline_pairs(prompts, seed=config.seed)
+        stats = {"pairs": len(triplets), "source": "offline (example replies)"}
+    else:
+        raise ValueError(f"dpo: pair_source must be 'sampled' or 'offline', got {config.pair_source!r}")
+    examples, stats["dropped (too long)"] = P.tokenize_triplets(
+        triplets, tokenizer, max_length=policy.config.context_length + 1)
+    return triplets, examples, stats
+
+
+def sampled_pairs(policy: Module, tokenizer, prompts: Sequence[dict], config: DPOPhaseConfig
+                  ) -> tuple[list[dict], dict]:
+    """On-policy pairs (``preferences.sample_pairs``); fewer than ``config.min_pairs`` (a model too weak to
+    write replies the judge can tell apart) are topped up with offline pairs of other prompts."""
+    triplets, stats = P.sample_pairs(policy, tokenizer, prompts, config.num_samples, config.temperature,
+                                     config.max_new_tokens, seed=config.seed + 1, add_demo=config.add_demo)
+    if len(triplets) < config.min_pairs:
+        have = {json.dumps(t["prompt"]) for t in triplets}
+        extra = [t for t in P.offline_pairs(prompts, config.seed) if json.dumps(t["prompt"]) not in have]
+        triplets = triplets + extra[:config.min_pairs - len(triplets)]
+        stats["offline top-up"] = len(triplets) - stats["pairs"]
+    return triplets, stats
+
+
+def train_on_pairs(policy: Module, examples: list[dict], config: DPOPhaseConfig, pad_id: int
+                   ) -> tuple[dict, Module, dict]:
+    """DPO on tokenized pairs, a tenth (at least one) held out for validation: returns (history, the frozen
+    reference, the final held-out metrics)."""
     if len(examples) < 2:
         raise ValueError(f"dpo: only {len(examples)} usable preference pairs; sample more or give a file")
-    rng = numpy.random.default_rng(seed)
-    order = rng.permutation(len(examples))
+    order = numpy.random.default_rng(config.seed).permutation(len(examples))
     n_val = max(1, len(examples) // 10)
-    val = PreferenceDataset([examples[i] for i in order[:n_val]], tokenizer.pad_id)
-    trn = PreferenceDataset([examples[i] for i in order[n_val:]], tokenizer.pad_id)
-    cfg = DPOConfig(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, rpo_alpha=rpo_alpha,
-                    pad_id=tokenizer.pad_id)
-    tcfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 10), eval_every=max(1, steps // 4),
-                       batch_size=batch_size, seed=seed, progress=progress, weight_decay=0.0)
+    val = PreferenceDataset([examples[i] for i in order[:n_val]], pad_id)
+    trn = PreferenceDataset([examples[i] for i in order[n_val:]], pad_id)
+    cfg = DPOConfig(beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
+                    rpo_alpha=config.rpo_alpha, pad_id=pad_id)
+    steps = config.steps
+    tcfg = TrainConfig(steps=steps, lr=config.lr, warmup=max(1, steps // 10), eval_every=max(1, steps // 4),
+                       batch_size=config.batch_size, seed=config.seed, progress=config.progress,
+                       weight_decay=0.0, out_dir=config.checkpoint_dir,
+                       checkpoint_every=max(1, steps // 4) if config.checkpoint_dir else 0)
     history, reference = train_dpo(policy, trn, cfg, tcfg, val_set=val)
-    table["DPO"] = P.evaluate_behaviour(policy, tokenizer, eval_prompts, reference=reference, **gen)
+    return history, reference, final_metrics(history, config.rpo_alpha)
+
+
+def final_metrics(history: dict, rpo_alpha: float = 0.0) -> dict:
+    """The last held-out DPO metrics (TRL names); with RPO also the DPO term alone (``dpo_loss``)."""
     final = {k: history[f"val_{k}"][-1] for k in ("loss", "rewards/chosen", "rewards/rejected",
                                                    "rewards/margins", "rewards/accuracies", "nll_loss")
              if f"val_{k}" in history}
     if "nll_loss" in final:  # the logged loss includes rpo_alpha · NLL; report the DPO term on its own too
         final["dpo_loss"] = final["loss"] - rpo_alpha * final["nll_loss"]
-    return {"table": table, "pairs": stats, "triplets": triplets, "history": history, "final": final,
-            "reference": reference, "eval_prompts": eval_prompts}
+    return final
 
 
-def format_table(table: dict[str, dict]) -> str:
+def behaviour_column(model: Module, tokenizer, prompts: Sequence[dict], reference=None, num_samples: int = 2,
+                     temperature: float = 1.0, max_new_tokens: int = 48, seed: int = 0) -> dict:
+    """One column of the behaviour table: ``preferences.evaluate_behaviour``'s rates on sampled replies and,
+    with a ``reference``, the KL estimate E_y~π[log π(y|x) − log π_ref(y|x)] on those same samples."""
+    rates, seqs, masks = P.sampled_behaviour(model, tokenizer, prompts, num_samples, temperature,
+                                             max_new_tokens, seed)
+    if reference is not None:
+        rates["KL to reference (nats/reply)"] = samples_kl(model, reference, seqs, masks, tokenizer.pad_id)
+    return rates
+
+
+def format_behaviour_table(table: dict[str, dict]) -> str:
     """The behaviour table as aligned text: one row per metric, one column per model."""
     cols = list(table)
     rows = list(dict.fromkeys(k for c in cols for k in table[c]))
@@ -461,73 +549,88 @@ def format_table(table: dict[str, dict]) -> str:
 
 
 # ------------------------------------------------------------------------------ command line
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``minillm dpo`` options (registered by ``minillm.cli``)."""
-    p.add_argument("--from", dest="from_ckpt",
+    p.add_argument("--from", dest="from_ckpt", type=opt.input_file,
                    help="SFT checkpoint to align (default: the shipped gpt_sft.npz)")
-    p.add_argument("--before", help="also evaluate this checkpoint as the 'pre-trained' column")
-    p.add_argument("--pairs", help="JSONL preference triplets to train on instead of sampling them")
+    p.add_argument("--before", type=opt.input_file,
+                   help="also evaluate this checkpoint as the 'pre-trained' column")
+    p.add_argument("--pairs", type=opt.input_file,
+                   help="JSONL preference triplets to train on instead of sampling them")
     p.add_argument("--pair-source", choices=["sampled", "offline"], default="sampled",
                    help="sampled: the model writes two replies per prompt and the judge picks; offline: the "
                         "prompts' example good/bad replies")
-    p.add_argument("--beta", type=float, default=0.1, help="strength of the KL anchor to the reference")
-    p.add_argument("--loss-type", choices=list(LOSS_TYPES), default="sigmoid")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO (sigmoid only)")
-    p.add_argument("--rpo-alpha", type=float, default=1.0,
-                   help="weight of the chosen replies' NLL added to the loss (0 = pure DPO; on these tiny "
-                        "models pure DPO also sinks the chosen log-probs and drifts far from the reference)")
+    _add_loss_arguments(p)
     p.add_argument("--no-demo", action="store_true",
                    help="pairs only from the model's own samples (default: the prompt's example reply is one "
                         "more candidate)")
-    p.add_argument("--sft-lr", type=float, default=1e-3)
-    p.add_argument("--steps", type=int, default=80)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=16, help="preference pairs per step")
-    p.add_argument("--sft-steps", type=int, default=0,
+    p.add_argument("--sft-lr", type=opt.positive_float, default=1e-3)
+    p.add_argument("--steps", type=opt.positive_int, default=80)
+    p.add_argument("--lr", type=opt.positive_float, default=1e-4)
+    p.add_argument("--batch-size", type=opt.positive_int, default=16, help="preference pairs per step")
+    p.add_argument("--sft-steps", type=opt.nonnegative_int, default=0,
                    help="mixed-quality SFT steps on the preference prompts before DPO (0 = none)")
-    p.add_argument("--samples", type=int, default=4, help="replies sampled per prompt for the pairs")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (pairs and eval)")
-    p.add_argument("--out", default="runs/dpo", help="folder for gpt_dpo.npz and pairs.jsonl")
+    p.add_argument("--samples", type=opt.positive_int, default=4,
+                   help="replies sampled per prompt for the pairs")
+    p.add_argument("--temperature", type=opt.positive_float, default=0.7,
+                   help="sampling temperature (pairs and eval)")
+    p.add_argument("--out", type=opt.output_folder, default="runs/dpo",
+                   help="folder for gpt_dpo.npz, pairs.jsonl and the training checkpoint")
     p.add_argument("--export-dtype", choices=["float32", "float16"], default=None)
-    p.add_argument("--save-sft", help="also write the model after the mixed-quality SFT (the DPO reference)")
+    p.add_argument("--save-sft", type=opt.output_file,
+                   help="also write the model after the mixed-quality SFT (the DPO reference)")
     p.add_argument("--quick", action="store_true", help="a few prompts (for tests)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=opt.nonnegative_int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def main_dpo(args) -> int:
+def _add_loss_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beta", type=opt.positive_float, default=0.1,
+                   help="strength of the KL anchor to the reference")
+    p.add_argument("--loss-type", choices=list(LOSS_TYPES), default="sigmoid")
+    p.add_argument("--label-smoothing", type=opt.probability, default=0.0,
+                   help="conservative DPO (sigmoid only)")
+    p.add_argument("--rpo-alpha", type=opt.nonnegative_float, default=1.0,
+                   help="weight of the chosen replies' NLL added to the loss (0 = pure DPO; on these tiny "
+                        "models pure DPO also sinks the chosen log-probs and drifts far from the reference)")
+
+
+def phase_config(args: argparse.Namespace) -> DPOPhaseConfig:
+    """The ``minillm dpo`` options as a ``DPOPhaseConfig``."""
+    return DPOPhaseConfig(steps=args.steps, beta=args.beta, loss_type=args.loss_type,
+                          label_smoothing=args.label_smoothing, rpo_alpha=args.rpo_alpha, lr=args.lr,
+                          batch_size=args.batch_size, sft_steps=args.sft_steps, sft_lr=args.sft_lr,
+                          pair_source=args.pair_source, num_samples=args.samples, add_demo=not args.no_demo,
+                          temperature=args.temperature, seed=args.seed, quick=args.quick,
+                          progress=not args.no_progress)
+
+
+def main(args: argparse.Namespace) -> int:
     """``minillm dpo``: run the alignment phase on a checkpoint, print the behaviour table, save the model."""
     from pathlib import Path
 
     from minillm import backend as Bk
     from minillm.models.gpt import GPT
-    from minillm.phases.preferences import read_triplets, write_triplets
     from minillm.shipped import SHIPPED_SFT
 
     src = args.from_ckpt or SHIPPED_SFT
-    if not Path(src).exists():
-        raise SystemExit(f"minillm dpo: checkpoint {str(src)!r} does not exist (pass --from CKPT)")
     Bk.manual_seed(args.seed)
     policy, tok = GPT.load_with_tokenizer(src)
     before = GPT.load_with_tokenizer(args.before)[0] if args.before else None
-    triplets = read_triplets(args.pairs) if args.pairs else None
-    res = run_dpo_phase(policy, tok, pretrained=before, steps=args.steps, beta=args.beta,
-                        loss_type=args.loss_type, label_smoothing=args.label_smoothing, lr=args.lr,
-                        batch_size=args.batch_size, sft_steps=args.sft_steps, sft_lr=args.sft_lr,
-                        rpo_alpha=args.rpo_alpha, add_demo=not args.no_demo, num_samples=args.samples,
-                        temperature=args.temperature, triplets=triplets, pair_source=args.pair_source,
-                        seed=args.seed, quick=args.quick, progress=not args.no_progress)
+    triplets = P.read_triplets(args.pairs) if args.pairs else None
+    config = replace(phase_config(args), checkpoint_dir=str(Path(args.out)))  # resumable checkpoint.npz there
+    res = run_dpo_phase(policy, tok, config, pretrained=before, triplets=triplets)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.pairs:
-        write_triplets(res["triplets"], out / "pairs.jsonl")
+        P.write_triplets(res["triplets"], out / "pairs.jsonl")
     policy.save_checkpoint(out / "gpt_dpo.npz", tok, dtype=args.export_dtype,
                            extra={"dpo": {"beta": args.beta, "loss_type": args.loss_type, "steps": args.steps,
                                           "from": str(src)}})
     if args.save_sft:
         res["reference"].save_checkpoint(args.save_sft, tok, dtype=args.export_dtype,
                                          extra={"sft_prefs": {"steps": args.sft_steps, "from": str(src)}})
-    print(format_table(res["table"]))
+    print(format_behaviour_table(res["table"]))
     print("final DPO metrics (held-out pairs): " + ", ".join(f"{k} {v:.3f}" for k, v in res["final"].items()))
     print(f"wrote {out / 'gpt_dpo.npz'}" + ("" if args.pairs else f" and {out / 'pairs.jsonl'}"))
     return 0

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy
 
 from minillm import backend as B
+from minillm import nn
 from minillm.data.world import CHARACTERS, WEATHER
-from minillm.tensor import no_grad
 
 # three phrasings per kind of question; the last is held out for testing
 QUESTION_TEMPLATES = {
@@ -56,7 +56,7 @@ def world_qa(held_out_template: int = 2) -> dict:
     return out
 
 
-def encode_qa(tokenizer, pairs, max_len: int | None = None, eos: bool = EOS_IN_TARGET):
+def encode_qa(tokenizer, pairs, max_len: int | None = None, eos: bool = EOS_IN_TARGET) -> tuple:
     """(x, y) int arrays (N, T): prompt + answer (+ end-of-text with ``eos``), right-padded; y is x shifted
     left, with the prompt and the padding set to -100 so the loss (and the score) covers the answer only.
 
@@ -81,19 +81,14 @@ def encode_qa(tokenizer, pairs, max_len: int | None = None, eos: bool = EOS_IN_T
 def answer_exact_match(model, x, y) -> float:
     """Fraction of examples whose every answer token is the model's top choice given the true prefix:
     exactly the examples greedy decoding would answer correctly."""
-    was = model.training
-    model.eval()
-    try:
-        with no_grad():
-            logits = model(x)[0].numpy()
-    finally:
-        model.train(was)
+    with nn.evaluating(model):
+        logits = model(x)[0].numpy()
     pred = logits.argmax(-1)
     mask = y != -100
     return float(numpy.mean([(pred[i][mask[i]] == y[i][mask[i]]).all() for i in range(len(y))]))
 
 
-def lm_eval_windows(tokenizer, context_length: int, n_windows: int = 16, seed: int = 4242):
+def lm_eval_windows(tokenizer, context_length: int, n_windows: int = 16, seed: int = 4242) -> tuple:
     """Held-out pre-training data: windows of stories from a seed the pre-training never used."""
     from minillm.phases.pretrain import lm_tokens
 
@@ -107,13 +102,8 @@ def lm_eval_windows(tokenizer, context_length: int, n_windows: int = 16, seed: i
 
 def lm_loss_on(model, x, y, batch: int = 8) -> float:
     """Mean next-token loss on (x, y) windows (no dropout, no graph)."""
-    was = model.training
-    model.eval()
-    try:
-        with no_grad():
-            losses = [model(x[i:i + batch], y[i:i + batch])[1].item() for i in range(0, len(x), batch)]
-    finally:
-        model.train(was)
+    with nn.evaluating(model):
+        losses = [model(x[i:i + batch], y[i:i + batch])[1].item() for i in range(0, len(x), batch)]
     return float(numpy.mean(losses))
 
 
@@ -134,7 +124,7 @@ METHODS = {
 }
 
 
-def prepare(method: str, model):
+def prepare(method: str, model) -> nn.Module:
     """Turn a fresh pre-trained GPT into the model to fine-tune with ``method`` (frozen base + add-on)."""
     from minillm.peft.adapter import apply_adapters
     from minillm.peft.lora import LoRAConfig, apply_lora
@@ -154,8 +144,8 @@ def prepare(method: str, model):
     raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
 
 
-def load_pretrained(ckpt=None):
-    """(model, tokenizer): the SFT checkpoint if one ships, else the pre-trained GPT (or ``ckpt``)."""
+def load_base_gpt(ckpt: str | None = None) -> tuple:
+    """(GPT, tokenizer) that every method starts from: the shipped pre-trained GPT, or ``ckpt``."""
     from minillm.models.gpt import GPT, load_checkpoint_tokenizer
     from minillm.shipped import SHIPPED_GPT
     from minillm.tokenizer import load_default_tokenizer
@@ -166,20 +156,23 @@ def load_pretrained(ckpt=None):
     return model, tok
 
 
-def finetune(method: str, ckpt=None, steps: int = 150, batch_size: int = 16, seed: int = 0,
-             lr: float | None = None, data=None, lm_data=None) -> dict:
-    """Fine-tune a fresh copy of the pre-trained GPT with ``method``; returns the measured row."""
-    from minillm.peft.lora import merge_and_unload, trainable_parameters
+def finetune_with_method(method: str, ckpt: str | None = None, steps: int = 150, batch_size: int = 16,
+                         seed: int = 0, lr: float | None = None, data=None,
+                         lm_data: tuple | None = None) -> dict:
+    """Fine-tune a fresh copy of the pre-trained GPT with ``method`` (a key of ``METHODS``) on world QA;
+    returns the measured row (see ``measure_method``). ``lm_data``: held-out (x, y) story windows, to
+    share one set across methods; ``data`` is unused."""
+    from minillm.peft.lora import trainable_parameters
     from minillm.train import TrainConfig, lm_loss, train
 
     B.manual_seed(seed)
-    base, tok = load_pretrained(ckpt)
+    base, tok = load_base_gpt(ckpt)
     qa = world_qa()
     xtr, ytr = encode_qa(tok, qa["train"], base.config.context_length)
-    xte, yte = encode_qa(tok, qa["test"], base.config.context_length)
-    lm_x, lm_y = lm_data if lm_data is not None else lm_eval_windows(tok, base.config.context_length)
+    test = encode_qa(tok, qa["test"], base.config.context_length)
+    lm_data = lm_data if lm_data is not None else lm_eval_windows(tok, base.config.context_length)
     model = prepare(method, base)
-    trainable, total = trainable_parameters(model)
+    counts = trainable_parameters(model)
 
     def get_batch(split, rng):
         idx = rng.choice(len(xtr), size=min(batch_size, len(xtr)), replace=False)
@@ -191,8 +184,20 @@ def finetune(method: str, ckpt=None, steps: int = 150, batch_size: int = 16, see
     t0 = time.perf_counter()
     hist = train(model, lm_loss, get_batch, cfg)
     seconds = time.perf_counter() - t0
-    tokens = batch_size * xtr.shape[1]
-    step_s = float(numpy.median([tokens / t for t in hist["tokens_per_s"]]))
+    return measure_method(method, model, hist, counts, seconds, batch_size * xtr.shape[1], (xtr, ytr), test,
+                          lm_data)
+
+
+def measure_method(method: str, model, hist: dict, counts: tuple[int, int], seconds: float,
+                   tokens_per_batch: int, train_xy: tuple, test_xy: tuple, lm_xy: tuple) -> dict:
+    """One row of the comparison for a fine-tuned ``model``: trainable %, exact match and answer loss
+    (held-out and training phrasings), optimizer bytes, median step time, and the loss on held-out stories
+    (forgetting). LoRA and QLoRA are also scored after ``merge_and_unload`` (it should change nothing)."""
+    from minillm.peft.lora import merge_and_unload
+
+    (xtr, ytr), (xte, yte), (lm_x, lm_y) = train_xy, test_xy, lm_xy
+    trainable, total = counts
+    step_s = float(numpy.median([tokens_per_batch / t for t in hist["tokens_per_s"]]))
     row = {"method": method, "trainable": trainable, "all": total, "trainable_pct": 100 * trainable / total,
            "train_loss": float(numpy.mean(hist["loss"][-10:])),
            "test_exact_match": answer_exact_match(model, xte, yte),
@@ -206,10 +211,10 @@ def finetune(method: str, ckpt=None, steps: int = 150, batch_size: int = 16, see
     return row
 
 
-def compare(ckpt=None, methods=tuple(METHODS), steps: int = 150, batch_size: int = 16, seed: int = 0,
-            log=print, lm_windows: int = 16) -> dict:
+def compare(ckpt: str | None = None, methods: tuple = tuple(METHODS), steps: int = 150, batch_size: int = 16,
+            seed: int = 0, log=print, lm_windows: int = 16) -> dict:
     """Every method on the same task and checkpoint; also the untouched model's scores as the baseline."""
-    base, tok = load_pretrained(ckpt)
+    base, tok = load_base_gpt(ckpt)
     qa = world_qa()
     lm_x, lm_y = lm_eval_windows(tok, base.config.context_length, lm_windows)
     xte, yte = encode_qa(tok, qa["test"], base.config.context_length)
@@ -218,7 +223,7 @@ def compare(ckpt=None, methods=tuple(METHODS), steps: int = 150, batch_size: int
                 "test_loss": lm_loss_on(base, xte, yte, 32)}
     rows = []
     for m in methods:
-        rows.append(finetune(m, ckpt, steps, batch_size, seed, lm_data=(lm_x, lm_y)))
+        rows.append(finetune_with_method(m, ckpt, steps, batch_size, seed, lm_data=(lm_x, lm_y)))
         if log:
             r = rows[-1]
             log(f"  {m:<8} exact match {r['test_exact_match']:.2f}  pre-training loss "

@@ -26,10 +26,11 @@ import json
 import random
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy
 
+from minillm.chat.template import check_conversation
+from minillm.data.jsonl import read_jsonl, write_jsonl
 from minillm.data.world import CHARACTERS, OBJECTS, PLACES, PRONOUNS, WEATHER
 
 REFUSAL = "I can't help with that."
@@ -457,48 +458,45 @@ def tokenize_triplets(triplets: Sequence[dict], tokenizer, max_length: int | Non
 
 
 def _as_messages(prompt) -> list[dict]:
-    return _user(prompt) if isinstance(prompt, str) else list(prompt)
+    if isinstance(prompt, str):
+        return _user(prompt)
+    if not isinstance(prompt, list):
+        raise ValueError(f"a prompt must be a string or a list of messages, got {type(prompt).__name__}")
+    return check_conversation(prompt)
 
 
 def _as_reply(reply) -> str:
     if isinstance(reply, str):
         return reply
     if isinstance(reply, list) and reply and isinstance(reply[-1], dict):  # TRL's conversational form
-        return reply[-1].get("content") or ""
+        content = reply[-1].get("content")
+        if isinstance(content, str):
+            return content
     raise ValueError(f"a chosen/rejected reply must be a string or a list of messages, got {reply!r:.80}")
 
 
 # ------------------------------------------------------------------------------------------------ JSONL
 def write_triplets(triplets: Sequence[dict], path) -> None:
     """One ``{"prompt", "chosen", "rejected", ...}`` object per line (atomic write)."""
-    from minillm.data.jsonl import write_jsonl
-
     write_jsonl(list(triplets), path)
+
+
+def triplet(obj) -> dict:
+    """One preference triplet from a decoded JSONL line, normalised: ``prompt`` a list of messages,
+    ``chosen``/``rejected`` strings. Raises ValueError saying what is wrong (``read_jsonl`` adds
+    FILE:LINE)."""
+    missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise ValueError(f"a preference triplet needs 'prompt', 'chosen' and 'rejected'; missing {missing}")
+    obj["prompt"] = _as_messages(obj["prompt"])
+    obj["chosen"], obj["rejected"] = _as_reply(obj["chosen"]), _as_reply(obj["rejected"])
+    return obj
 
 
 def read_triplets(path) -> list[dict]:
     """Triplets from a JSONL file (ours, hand-labelled, or TRL-style): ``prompt`` a string or a list of
-    messages, ``chosen``/``rejected`` strings or message lists. A bad line raises naming its number."""
-    out = []
-    with open(Path(path), encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                t = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(t, dict) or k not in t]
-            if missing:
-                raise ValueError(f"{path}:{n}: a preference triplet needs 'prompt', 'chosen' and 'rejected'; "
-                                 f"missing {missing}")
-            try:
-                t["prompt"] = _as_messages(t["prompt"])
-                t["chosen"], t["rejected"] = _as_reply(t["chosen"]), _as_reply(t["rejected"])
-            except ValueError as e:
-                raise ValueError(f"{path}:{n}: {e}") from None
-            out.append(t)
-    return out
+    messages, ``chosen``/``rejected`` strings or message lists. A bad line raises as "FILE:LINE: ..."."""
+    return read_jsonl(path, parse=triplet)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -535,37 +533,37 @@ def behaviour_rates(prompts: Sequence[dict], replies: Sequence[str]) -> dict:
     return {k: float(numpy.mean(buckets[k])) for k in order if k in buckets}
 
 
-def evaluate_behaviour(model, tokenizer, prompts: Sequence[dict], reference=None, num_samples: int = 2,
+def evaluate_behaviour(model, tokenizer, prompts: Sequence[dict], num_samples: int = 2,
                        temperature: float = 1.0, max_new_tokens: int = 48, seed: int = 0) -> dict:
-    """Sample ``num_samples`` replies per prompt and report ``behaviour_rates`` over all of them; with a
-    ``reference`` model, also the KL estimate E_y~π[log π(y|x) − log π_ref(y|x)] on those samples."""
-    from minillm.chat.template import render_prompt
-    from minillm.phases.dpo import log_ratio_drift, pad_sequences
+    """Sample ``num_samples`` replies per prompt and report ``behaviour_rates`` over all of them."""
+    return sampled_behaviour(model, tokenizer, prompts, num_samples, temperature, max_new_tokens, seed)[0]
 
+
+def sampled_behaviour(model, tokenizer, prompts: Sequence[dict], num_samples: int = 2,
+                      temperature: float = 1.0, max_new_tokens: int = 48, seed: int = 0
+                      ) -> tuple[dict, list[list[int]], list[list[int]]]:
+    """``evaluate_behaviour``'s rates, plus the samples as token lists (prompt + reply) with completion masks
+    (1 on the reply), so a caller can score them under other models (DPO's KL to its reference)."""
     texts, ids = generate_replies(model, tokenizer, prompts, num_samples, temperature, max_new_tokens, seed)
     flat_p = [p for p, ts in zip(prompts, texts) for _ in ts]
     rates = behaviour_rates(flat_p, [t for ts in texts for t in ts])
-    if reference is not None:
-        seqs, masks = [], []
-        for p, gens in zip(prompts, ids):
-            pr = render_prompt(p["messages"], tokenizer).tolist()
-            for g in gens:
-                if len(g):
-                    seqs.append(pr + g.tolist())
-                    masks.append([0] * len(pr) + [1] * len(g))
-        drift = {"kl": 0.0, "kl_per_token": 0.0}
-        if seqs:
-            drift, n = {"kl": 0.0, "kl_per_token": 0.0}, 0
-            for s in range(0, len(seqs), 64):
-                a, m = pad_sequences(seqs[s:s + 64], masks[s:s + 64], pad_id=tokenizer.pad_id)
-                d = log_ratio_drift(model, reference, a, m)
-                k = len(seqs[s:s + 64])
-                drift["kl"] += d["kl"] * k
-                drift["kl_per_token"] += d["kl_per_token"] * k
-                n += k
-            drift = {k: v / n for k, v in drift.items()}
-        rates["KL to reference (nats/reply)"] = drift["kl"]
-    return rates
+    seqs, masks = reply_sequences(tokenizer, prompts, ids)
+    return rates, seqs, masks
+
+
+def reply_sequences(tokenizer, prompts: Sequence[dict], replies: Sequence[Sequence[numpy.ndarray]]
+                    ) -> tuple[list[list[int]], list[list[int]]]:
+    """Rendered prompt + generated reply ids per non-empty reply, and masks that are 1 on the reply only."""
+    from minillm.chat.template import render_prompt
+
+    seqs, masks = [], []
+    for p, gens in zip(prompts, replies):
+        pr = render_prompt(p["messages"], tokenizer).tolist()
+        for g in gens:
+            if len(g):
+                seqs.append(pr + g.tolist())
+                masks.append([0] * len(pr) + [1] * len(g))
+    return seqs, masks
 
 
 def examples_for(prompts: Sequence[dict]) -> dict[str, list[dict]]:

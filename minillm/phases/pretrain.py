@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy
 
 from minillm import backend as B
+from minillm import options as opt
 from minillm.models.gpt import GPT, GPTConfig
 from minillm.train import TrainConfig, lm_loss, train
 
@@ -86,8 +87,68 @@ def pretrain_gpt(tokenizer, model_config: GPTConfig, train_config: TrainConfig, 
             "val_tokens": len(val_tokens)}
 
 
+# `minillm pretrain --objective NAME`: clm trains a GPT here; the encoder objectives are pretrain_encoders'.
+OBJECTIVES = {
+    "clm": "causal LM: a GPT predicts the next token",
+    "mlm": "BERT masked LM (15%, 80/10/10)",
+    "nsp": "BERT next-sentence prediction",
+    "mlm+nsp": "BERT, both (as in the paper)",
+    "denoise": "BART: sentence permutation + text infilling",
+    "span": "T5 span corruption",
+}
+
+
+def add_arguments(p) -> None:
+    """The ``minillm pretrain`` options (every objective shares them; each reads the ones it needs)."""
+    p.add_argument("--objective", choices=list(OBJECTIVES), default="clm",
+                   help="; ".join(f"{k} = {v}" for k, v in OBJECTIVES.items()))
+    p.add_argument("--data", type=opt.input_file,
+                   help="a UTF-8 text file (default: the built-in world stories)")
+    p.add_argument("--num-stories", type=opt.positive_int, default=20_000, help="size of the built-in corpus")
+    p.add_argument("--tokenizer", type=opt.input_file, help="tokenizer JSON (default: the shipped one)")
+    p.add_argument("--steps", type=opt.positive_int, default=1000)
+    p.add_argument("--out", type=opt.output_folder, default="runs/pretrain",
+                   help="folder for checkpoint.npz and model.npz")
+    p.add_argument("--resume", type=opt.input_file, help="continue from this checkpoint.npz")
+    p.add_argument("--init", type=opt.input_file,
+                   help="start from this model's weights (continued / domain-adaptive pre-training; the size "
+                        "comes from it)")
+    p.add_argument("--story-weights", help="mix of built-in story kinds, e.g. opinion=0.5,counting=0.5 "
+                                           "(kinds: counting, weather, opinion, meeting, review)")
+    p.add_argument("--export", type=opt.output_file,
+                   help="also write weights + tokenizer here (e.g. a shipped checkpoint)")
+    p.add_argument("--export-dtype", choices=["float32", "float16"], default=None,
+                   help="dtype of the exported weights (float16 halves the file)")
+    p.add_argument("--d-model", type=opt.positive_int, default=128)
+    p.add_argument("--n-layers", type=opt.positive_int, default=4)
+    p.add_argument("--n-heads", type=opt.positive_int, default=4)
+    p.add_argument("--d-ff", type=opt.positive_int, default=None,
+                   help="feed-forward width (default 4·d_model)")
+    p.add_argument("--context-length", type=opt.positive_int, default=128)
+    p.add_argument("--dropout", type=opt.probability, default=0.0)
+    p.add_argument("--batch-size", type=opt.positive_int, default=16)
+    p.add_argument("--lr", type=opt.positive_float, default=1e-3)
+    p.add_argument("--warmup", type=opt.nonnegative_int, default=100)
+    p.add_argument("--eval-every", type=opt.nonnegative_int, default=100, help="0 = never")
+    p.add_argument("--eval-steps", type=opt.positive_int, default=10)
+    p.add_argument("--checkpoint-every", type=opt.nonnegative_int, default=200, help="0 = only at the end")
+    p.add_argument("--seed", type=opt.nonnegative_int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--mix-tasks", type=opt.fraction, default=0.0,
+                   help="denoise/span: fraction of batches that are prefixed summarize/translate tasks")
+
+
+def main(args) -> int:
+    """``minillm pretrain``: a GPT here for ``--objective clm``, else the encoder objectives."""
+    if args.objective != "clm":
+        from minillm.phases import pretrain_encoders
+
+        return int(pretrain_encoders.main(args) or 0)
+    return main_clm(args)
+
+
 def main_clm(args) -> int:
-    """``minillm pretrain --objective clm``: the CLI front end of ``pretrain_gpt``."""
+    """``minillm pretrain --objective clm``: the command-line front end of ``pretrain_gpt``."""
     from minillm.generate import generate_text
     from minillm.tokenizer import BPETokenizer, load_default_tokenizer
 

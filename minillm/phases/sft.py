@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy
 
+from minillm import options as opt
 from minillm.chat import template as chat
 from minillm.models.gpt import GPT
-from minillm.shipped import SHIPPED_SFT
 from minillm.train import TrainConfig, train
 
 TASKS = ("code", "cot", "direct", "cot+direct", "tools", "mix")
@@ -231,10 +232,11 @@ def heldout_for(task: str, n_eval: int, seed: int = 0) -> dict[str, list[dict]]:
 def run_sft(model, tokenizer, task: str = "mix", steps: int = 1000, n_train: int = 4000, n_eval: int = 40,
             batch_size: int = 16, lr: float = 1e-3, seed: int = 0, out: str | None = None,
             data: str | None = None, evaluate: bool = True, progress: bool = True, warmup: int = 50,
-            out_dtype: str | None = None) -> dict:
+            out_dtype: str | None = None, checkpoint_dir: str | None = None) -> dict:
     """Fine-tune ``model`` on ``task`` (or the conversations in the JSONL file ``data``) and evaluate on
     held-out prompts before and after. Writes ``out`` (weights + tokenizer, in ``out_dtype`` if given,
-    e.g. "float16" to halve a shipped file) if given."""
+    e.g. "float16" to halve a shipped file) if given, and with ``checkpoint_dir`` a resumable
+    ``checkpoint.npz`` there four times during training (so a stopped run loses at most a quarter)."""
     from minillm.data.jsonl import read_jsonl
 
     ctx = model.config.context_length
@@ -255,7 +257,8 @@ def run_sft(model, tokenizer, task: str = "mix", steps: int = 1000, n_train: int
     t_eval = time.perf_counter() - t0
     cfg = TrainConfig(steps=steps, lr=lr, warmup=min(warmup, steps // 10 + 1), batch_size=batch_size,
                       eval_every=max(1, steps // 4), eval_steps=4, seed=seed, progress=progress,
-                      weight_decay=0.0)
+                      weight_decay=0.0, out_dir=checkpoint_dir,
+                      checkpoint_every=max(1, steps // 4) if checkpoint_dir else 0)
     t0 = time.perf_counter()
     history = train(model, sft_loss, get_batch, cfg)
     t_train = time.perf_counter() - t0
@@ -275,50 +278,37 @@ def print_report(res: dict) -> None:
             print(f"  {k:<28} {v}")
 
 
-def main_sft(args) -> int:
+def add_arguments(p) -> None:
+    """The ``minillm sft`` options."""
+    p.add_argument("--task", choices=TASKS, default="mix")
+    p.add_argument("--from", dest="from_ckpt", type=opt.input_file,
+                   help="GPT checkpoint to start from (default: gpt_tiny)")
+    p.add_argument("--data", type=opt.input_file,
+                   help="JSONL conversations to train on instead of the built-in task data")
+    p.add_argument("--out", type=opt.output_file, default="runs/sft/model.npz",
+                   help="where the fine-tuned checkpoint goes")
+    p.add_argument("--steps", type=opt.positive_int, default=1000)
+    p.add_argument("--n-train", type=opt.positive_int, default=4000, help="generated training examples")
+    p.add_argument("--n-eval", type=opt.positive_int, default=40, help="held-out examples per evaluation")
+    p.add_argument("--batch-size", type=opt.positive_int, default=16)
+    p.add_argument("--lr", type=opt.positive_float, default=1e-3)
+    p.add_argument("--seed", type=opt.nonnegative_int, default=0)
+    p.add_argument("--export-dtype", choices=["float32", "float16"], default=None,
+                   help="dtype of the written weights (float16 halves the file)")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args) -> int:
     """``minillm sft --task code|cot|direct|cot+direct|tools|mix --from CKPT``."""
     from minillm.shipped import SHIPPED_GPT
 
     model, tok = GPT.load_with_tokenizer(args.from_ckpt or SHIPPED_GPT)
     res = run_sft(model, tok, task=args.task, steps=args.steps, n_train=args.n_train, n_eval=args.n_eval,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, data=args.data,
-                  evaluate=not args.no_eval, progress=not args.no_progress, out_dtype=args.export_dtype)
+                  evaluate=not args.no_eval, progress=not args.no_progress, out_dtype=args.export_dtype,
+                  checkpoint_dir=str(Path(args.out).parent) if args.out else None)
     print_report(res)
     if args.out:
         print(f"wrote {args.out}")
-    return 0
-
-
-def main_chat(args) -> int:
-    """``minillm chat --ckpt ...``: a terminal chat with the tools enabled (reads stdin; works piped)."""
-    import sys
-
-    from minillm.chat.tools import default_registry, run_agent_turn
-
-    model, tok = GPT.load_with_tokenizer(args.ckpt or SHIPPED_SFT)
-    generate = chat.make_generate_fn(model, tok, max_new_tokens=args.max_new_tokens,
-                                     temperature=args.temperature, seed=args.seed)
-    registry = default_registry()
-    interactive = sys.stdin.isatty()
-    if interactive:
-        print(f"minillm chat ({', '.join(registry.names())} enabled); empty line or Ctrl-D quits")
-    system = [{"role": "system", "content": args.system}] if args.system else []
-    messages: list[dict] = list(system)
-    while True:
-        if interactive:
-            print("you> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line or (interactive and not line.strip()):
-            break
-        if not line.strip():
-            continue
-        if not args.keep_history:
-            messages = list(system)
-        messages.append({"role": "user", "content": line.strip()})
-        messages, trace = run_agent_turn(generate, messages, registry, max_calls=args.max_calls)
-        for step in trace:
-            if step.result is not None:
-                print(f"  [tool call] {step.output.strip()}")
-                print(f"  [tool result] {step.result.content}")
-        print(f"assistant> {messages[-1]['content']}", flush=True)
     return 0

@@ -7,15 +7,21 @@ same architecture, data, optimizer, steps and seed: the only difference is the s
 
 from __future__ import annotations
 
+import argparse
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy
 
 from minillm import backend as B
+from minillm import options as opt
 from minillm.data.objectives import pad_sequences
 from minillm.data.sentiment import cloze_prompt, sentiment_dataset
-from minillm.models.bert import BERTConfig, BERTForSequenceClassification, read_checkpoint
-from minillm.tensor import no_grad
+from minillm.models.bert import BERTConfig, BERTForSequenceClassification
+from minillm.models.common import read_checkpoint
+from minillm.nn import evaluating
+from minillm.shipped import SHIPPED_BERT
 from minillm.train import TrainConfig, train
 
 
@@ -32,26 +38,27 @@ def encode_texts(tok, texts: list[str], max_len: int, cloze: bool = True) -> num
     return pad_sequences(seqs, tok.pad_id)
 
 
-def accuracy(model, ids: numpy.ndarray, labels: numpy.ndarray, batch_size: int = 256) -> float:
-    was = model.training
-    model.eval()
+def accuracy(model: BERTForSequenceClassification, ids: numpy.ndarray, labels: numpy.ndarray,
+             batch_size: int = 256) -> float:
+    """The classifier's accuracy on (ids, labels), in eval mode, ``batch_size`` rows at a time."""
     correct = 0
-    with no_grad():
+    with evaluating(model):
         for i in range(0, len(ids), batch_size):
             logits, _ = model(ids[i:i + batch_size])
             correct += int((B.to_numpy(logits.data).argmax(-1) == labels[i:i + batch_size]).sum())
-    model.train(was)
     return correct / max(1, len(ids))
 
 
-def classification_loss(model, batch) -> tuple:
+def classification_loss(model: BERTForSequenceClassification, batch: tuple) -> tuple:
+    """Cross-entropy of a (ids, labels) batch for ``minillm.train``, with its accuracy ``acc``."""
     ids, y = batch
     logits, loss = model(ids, labels=y)
     return loss, {"acc": float((B.to_numpy(logits.data).argmax(-1) == y).mean()), "tokens": int(ids.size)}
 
 
-def finetune(model, ids: numpy.ndarray, labels: numpy.ndarray, *, steps: int = 200, batch_size: int = 16,
-             lr: float = 3e-4, head_lr: float | None = None, seed: int = 0) -> dict:
+def finetune_classifier(model: BERTForSequenceClassification, ids: numpy.ndarray, labels: numpy.ndarray, *,
+                        steps: int = 200, batch_size: int = 16, lr: float = 3e-4,
+                        head_lr: float | None = None, seed: int = 0) -> dict:
     """Train every weight of ``model`` on (ids, labels) with minibatches drawn with replacement; the new
     head may learn faster (``head_lr``) than the encoder (``lr``): it starts from nothing."""
     n = len(ids)
@@ -86,9 +93,10 @@ def sentiment_verbalizer(tok) -> list[list[int]]:
     return out
 
 
-def transfer_experiment(pretrained_path, tok, label_counts=(50, 200, 1000), *, steps: int = 200,
-                        batch_size: int = 16, lr: float = 3e-4, n_test: int = 1000, seed: int = 0,
-                        pooling: str = "mask", verbalizer: bool = True, verbose: bool = False) -> list[dict]:
+def transfer_experiment(pretrained_path: str | Path, tok, label_counts: Sequence[int] = (50, 200, 1000), *,
+                        steps: int = 200, batch_size: int = 16, lr: float = 3e-4, n_test: int = 1000,
+                        seed: int = 0, pooling: str = "mask", verbalizer: bool = True,
+                        verbose: bool = False) -> list[dict]:
     """For each label count: test accuracy of (scratch, pre-trained) after identical fine-tuning.
 
     Training examples come from sentiment seed ``seed``, the test set from another seed, so no review
@@ -100,22 +108,21 @@ def transfer_experiment(pretrained_path, tok, label_counts=(50, 200, 1000), *, s
     config, _ = read_checkpoint(pretrained_path, BERTConfig, "bert")
     mask_id = tok.token_to_id("[MASK]")
     verb = sentiment_verbalizer(tok) if verbalizer and pooling == "mask" else None
+    head = (2, pooling, mask_id, verb)  # num_labels, pooling, mask_id, verbalizer
     train_texts, train_y = sentiment_dataset(max(label_counts), seed=seed)
     test_texts, test_y = sentiment_dataset(n_test, seed=seed + 7919)
-    train_ids = encode_texts(tok, train_texts, config.max_len, cloze=pooling == "mask")
-    test_ids = encode_texts(tok, test_texts, config.max_len, cloze=pooling == "mask")
+    train_ids = encode_texts(tok, train_texts, config.context_length, cloze=pooling == "mask")
+    test_ids = encode_texts(tok, test_texts, config.context_length, cloze=pooling == "mask")
     rows = []
     for n in label_counts:
         row = {"labels": n}
         t0 = time.perf_counter()
         for arm in ("scratch", "pretrained"):
             B.manual_seed(seed)  # the same classifier-head initialisation in both arms
-            if arm == "pretrained":
-                model = BERTForSequenceClassification.from_pretrained(pretrained_path, 2, pooling, mask_id,
-                                                                      verb)
-            else:
-                model = BERTForSequenceClassification(config, 2, pooling, mask_id, verb)
-            finetune(model, train_ids[:n], train_y[:n], steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+            model = (BERTForSequenceClassification.from_pretrained(pretrained_path, *head)
+                     if arm == "pretrained" else BERTForSequenceClassification(config, *head))
+            finetune_classifier(model, train_ids[:n], train_y[:n], steps=steps, batch_size=batch_size, lr=lr,
+                                seed=seed)
             row[arm] = accuracy(model, test_ids, test_y)
         row["seconds"] = time.perf_counter() - t0
         if verbose:
@@ -125,7 +132,8 @@ def transfer_experiment(pretrained_path, tok, label_counts=(50, 200, 1000), *, s
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+def format_transfer_table(rows: list[dict]) -> str:
+    """``transfer_experiment``'s rows as a Markdown table: accuracy from scratch, pre-trained, the gain."""
     lines = ["| labelled examples | from scratch | pre-trained BERT | gain |",
              "| ---: | ---: | ---: | ---: |"]
     for r in rows:
@@ -137,19 +145,18 @@ def format_table(rows: list[dict]) -> str:
 def main(args) -> int:
     """``minillm finetune-classify``: the transfer-learning table on the world's sentiment task."""
     from minillm.data.sentiment import bag_of_words_accuracy
-    from minillm.shipped import SHIPPED_BERT
     from minillm.tokenizer import BPETokenizer, load_default_tokenizer
 
     tok = BPETokenizer.load(args.tokenizer) if args.tokenizer else load_default_tokenizer()
     ckpt = args.ckpt or SHIPPED_BERT
-    counts = [int(c) for c in args.labels.split(",")]
+    counts = args.labels
     head = args.head if args.pooling == "mask" else "linear"
     print(f"fine-tuning {ckpt} vs random init on sentiment with {counts} labels "
           f"({args.steps} steps, batch {args.batch_size}, lr {args.lr}, head {head} on {args.pooling})")
     rows = transfer_experiment(ckpt, tok, counts, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                n_test=args.n_test, seed=args.seed, pooling=args.pooling,
                                verbalizer=head == "verbalizer", verbose=True)
-    print(format_table(rows))
+    print(format_transfer_table(rows))
     tr, ty = sentiment_dataset(max(counts), seed=args.seed)
     te, tey = sentiment_dataset(args.n_test, seed=args.seed + 7919)
     bow = bag_of_words_accuracy(tr, ty, te, tey)
@@ -157,16 +164,19 @@ def main(args) -> int:
     return 0
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--ckpt", help="pre-trained BERT (default: the shipped minillm/checkpoints/bert_tiny.npz)")
-    p.add_argument("--tokenizer", help="tokenizer JSON (default: the shipped one)")
-    p.add_argument("--labels", default="50,200,1000", help="comma-separated labelled-example counts")
-    p.add_argument("--steps", type=int, default=200, help="fine-tuning steps per run")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-4)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``minillm finetune-classify``."""
+    p.add_argument("--ckpt", type=opt.input_file,
+                   help="pre-trained BERT (default: the shipped minillm/checkpoints/bert_tiny.npz)")
+    p.add_argument("--tokenizer", type=opt.input_file, help="tokenizer JSON (default: the shipped one)")
+    p.add_argument("--labels", type=opt.positive_int_list, default=[50, 200, 1000],
+                   help="comma-separated labelled-example counts (default 50,200,1000)")
+    p.add_argument("--steps", type=opt.positive_int, default=200, help="fine-tuning steps per run")
+    p.add_argument("--batch-size", type=opt.positive_int, default=16)
+    p.add_argument("--lr", type=opt.positive_float, default=3e-4)
     p.add_argument("--pooling", choices=["mask", "cls", "mean"], default="mask",
                    help="what the new head reads: a cloze template's [MASK] state, pooled [CLS], or the mean")
     p.add_argument("--head", choices=["verbalizer", "linear"], default="verbalizer",
                    help="with --pooling mask: the MLM head scoring the mood words (PET), or a new Linear")
-    p.add_argument("--n-test", type=int, default=1000, help="held-out test reviews")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-test", type=opt.positive_int, default=1000, help="held-out test reviews")
+    p.add_argument("--seed", type=opt.nonnegative_int, default=0)
