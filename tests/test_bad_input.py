@@ -49,6 +49,8 @@ GENERATE = [
     (["--top-p", "1.5"], "--top-p"), (["--max-new-tokens", "0"], "--max-new-tokens"),
     (["--seed", "-1"], "--seed"), (["--ckpt", "{tmp}/missing.npz"], "does not exist"),
     (["--ckpt", "{tmp}/weights.npz"], "not an .npz archive"), (["--ckpt", "{tmp}/plain.npz"], "no metadata"),
+    (["--ckpt", "{tmp}/bad_config.npz"], "config.npz: its config is not valid: GPTConfig: n_heads must be"),
+    (["--ckpt", "{tmp}/model.npz"], "embeds no tokenizer"),  # vocab 40: the shipped tokenizer's ids overflow
 ]
 SFT = [
     (["--steps", "0"], "--steps"), (["--steps", "-4"], "--steps"), (["--lr", "-1"], "--lr"),
@@ -119,6 +121,11 @@ def _bad_files(tmp):
 
     GPT(GPTConfig(vocab_size=40, context_length=8, d_model=8, n_heads=2, n_layers=1)).save_checkpoint(
         tmp / "model.npz")
+    import minillm
+
+    state = minillm.load(tmp / "model.npz")
+    state["config"]["n_heads"] = "2"  # a hand-edited config
+    minillm.save(state, tmp / "bad_config.npz")
     user = {"role": "user", "content": "hi"}
     lines = {
         "bad_json.jsonl": [json.dumps({"messages": [user]}), "{not json"],

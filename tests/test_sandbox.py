@@ -396,3 +396,10 @@ def test_auto_falls_back_with_one_warning_and_require_refuses(monkeypatch):
 @NEEDS_BWRAP
 def test_auto_uses_bwrap_where_it_works():
     assert run_tests("def f():\n    return 0", "f", ONE).isolation == "bwrap"
+
+
+@pytest.mark.skipif(os.environ.get("CI") != "true" or not sys.platform.startswith("linux"),
+                    reason="only CI promises bubblewrap (.ci/run installs it)")
+def test_ci_runs_the_isolated_path_for_real():
+    """In CI the escape tests above must run under bwrap, not skip: a missing install fails here."""
+    assert bwrap_available(), sandbox._bwrap_probe()[2]

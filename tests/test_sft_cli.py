@@ -36,6 +36,11 @@ def test_cli_sft_then_chat(tiny_ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("What is 2 + 3?\n\nHello\n"))
     assert main(["chat", "--ckpt", str(out), "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.count("assistant>") == 2  # blank lines are skipped when piped
+    assert (out.parent / "checkpoint.npz").exists()  # SFT training is resumable like pre-training
+    raw = io.TextIOWrapper(io.BytesIO(b"caf\xe9 \xff\xfe?\nHello\n"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", raw)  # a line that is not UTF-8 must not end the chat
+    assert main(["chat", "--ckpt", str(out), "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.count("assistant>") == 2
 
 
 def test_sft_loss_ignores_prompt_tokens():

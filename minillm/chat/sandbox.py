@@ -571,14 +571,8 @@ def _write_all(fd: int, data: bytes) -> None:
         pass
 
 
-def run_tests(code: str, entry_point: str, tests: list[dict], timeout: float = 5.0, memory_mb: int = 512,
-              isolation: str = "auto", max_procs: int = 64) -> RunResult:
-    """Run ``code`` (which should define ``entry_point``) on ``tests`` (``{"args": [...], "expected": ...}``)
-    in an isolated child process and compare the returned values here; never raises for what the code does.
-
-    ``isolation``: ``"auto"`` (bwrap where it works, else the rlimit-only fallback with one warning),
-    ``"require"`` (raise :class:`SandboxUnavailable` without bwrap) or ``"rlimits"`` (force the fallback).
-    """
+def _choose_isolation(isolation: str) -> tuple[str | None, list[str]]:
+    """(bwrap path or None, its optional flags) for ``isolation``; warns or raises as the mode asks."""
     if isolation not in ("auto", "require", "rlimits"):
         raise ValueError(f"isolation must be 'auto', 'require' or 'rlimits', not {isolation!r}")
     if os.name != "posix":
@@ -589,92 +583,123 @@ def run_tests(code: str, entry_point: str, tests: list[dict], timeout: float = 5
                                  "bubblewrap) or use isolation='auto'")
     if bwrap is None and isolation == "auto":
         _warn_fallback(why)
-    mode = "bwrap" if bwrap else "rlimits"
-    total = len(tests)
-    # the expected values stay here; normalise through JSON as the child's values are
-    wants = [json.loads(json.dumps(t["expected"])) for t in tests]
-    if not entry_point.isidentifier():
-        return RunResult(0, total, "error", f"entry point {entry_point!r} is not an identifier",
-                         isolation=mode)
-    token = secrets.token_hex(16).encode()
-    marker = f"{_MARKER_VAR}={secrets.token_hex(16)}"
-    host_dir = tempfile.mkdtemp(prefix="minillm_sandbox_")
-    folder = host_dir if mode == "rlimits" else "/tmp/" + os.path.basename(host_dir)
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "HOME": folder,
-           "LANG": "C.UTF-8", _MARKER_VAR: marker.split("=", 1)[1]}
-    files = {}
-    for name, text in (("solution.py", code), ("harness.py", _HARNESS)):
-        with open(os.path.join(host_dir, name), "w", encoding="utf-8") as f:
-            f.write(text)
-        if mode == "bwrap":
-            files[name] = os.open(os.path.join(host_dir, name), os.O_RDONLY)
-    chan_r, chan_w = os.pipe()
-    cfg = {"token": token.decode(), "fd": chan_w, "folder": folder, "entry": entry_point,
-           "args": [list(t["args"]) for t in tests]}
+    return bwrap, optional
+
+
+def _child_argv(folder: str, env: dict, files: dict[str, int], bwrap: str | None, optional: list[str]
+                ) -> tuple[list[str], dict]:
+    """(argv, the environment to start it with): the harness under bwrap, or directly in the fallback."""
     python = [sys.executable, "-I", "-B", os.path.join(folder, "harness.py")]
-    if mode == "bwrap":
-        argv = [bwrap, *_BWRAP_BASE, *optional, "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
-                "--proc", "/proc", "--dev", "/dev", "--dir", folder, "--chdir", folder, "--clearenv"]
-        for name, fd in files.items():
-            argv += ["--file", str(fd), f"{folder}/{name}"]
-        for k, v in env.items():
-            argv += ["--setenv", k, v]
-        argv += ["--", *python]
-        popen_env: dict[str, str] = {}   # bwrap's own environment is readable inside as /proc/1/environ
-    else:
-        argv, popen_env = python, env
+    if bwrap is None:
+        return python, env
+    argv = [bwrap, *_BWRAP_BASE, *optional, "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
+            "--proc", "/proc", "--dev", "/dev", "--dir", folder, "--chdir", folder, "--clearenv"]
+    for name, fd in files.items():
+        argv += ["--file", str(fd), f"{folder}/{name}"]
+    for k, v in env.items():
+        argv += ["--setenv", k, v]
+    return argv + ["--", *python], {}  # bwrap's own environment is readable inside as /proc/1/environ
+
+
+def _close(*fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None and fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _run_child(argv: list[str], env: dict, host_dir: str, files: dict[str, int], cfg: dict, timeout: float,
+               memory_mb: int, max_procs: int, marker: bytes) -> tuple[list[_Stream], bool, int]:
+    """Start the child, send it ``cfg`` on stdin, read stdout/stderr/the channel until it ends or the
+    timeout, then kill the whole tree. Returns (streams, timed out, exit code). Closes ``files``."""
+    chan_r, chan_w = os.pipe()
+    cfg = {**cfg, "fd": chan_w}
     cgroup = _make_pids_cgroup(max_procs)
-    out_r = err_r = proc = proc_done = None
+    proc, killed, fds = None, False, [chan_r]
     try:
         proc = subprocess.Popen(
-            argv, cwd=host_dir, env=popen_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            argv, cwd=host_dir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, pass_fds=(chan_w, *files.values()), start_new_session=True,
             preexec_fn=_preexec(int(timeout) + 1, memory_mb, max_procs, cgroup))
-        os.close(chan_w)
+        _close(chan_w, *files.values())
         chan_w = -1
-        for fd in files.values():
-            os.close(fd)
-        files = {}
+        files.clear()  # closed here: the caller must not close these numbers again (they may be reused)
         stdin_fd = os.dup(proc.stdin.fileno())
-        proc.stdin.close()
+        fds += [os.dup(proc.stdout.fileno()), os.dup(proc.stderr.fileno())]
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            pipe.close()
         threading.Thread(target=_write_all, args=(stdin_fd, json.dumps(cfg).encode()), daemon=True).start()
-        out_r, err_r = os.dup(proc.stdout.fileno()), os.dup(proc.stderr.fileno())
-        proc.stdout.close()
-        proc.stderr.close()
-        streams = [_Stream(out_r, OUTPUT_CAP), _Stream(err_r, OUTPUT_CAP), _Stream(chan_r, CHANNEL_CAP)]
+        streams = [_Stream(fds[1], OUTPUT_CAP), _Stream(fds[2], OUTPUT_CAP), _Stream(chan_r, CHANNEL_CAP)]
         timed_out = _collect(proc, streams, timeout)
-        _kill_tree(proc, marker.encode(), cgroup)
-        proc_done, cgroup = proc, None
+        _kill_tree(proc, marker, cgroup)
+        killed = True
         for s in streams:
             s.read()
+        return streams, timed_out, proc.returncode
     finally:
-        if proc is not None and proc_done is not proc:  # interrupted (e.g. Ctrl-C): still kill everything
-            _kill_tree(proc, marker.encode(), cgroup)
-            cgroup = None
-        for fd in (chan_w, chan_r, out_r, err_r, *files.values()):
-            if fd is not None and fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        if cgroup:
+        if proc is not None and not killed:  # interrupted (e.g. Ctrl-C): still kill everything
+            _kill_tree(proc, marker, cgroup)
+        elif proc is None and cgroup:
             try:
                 os.rmdir(cgroup)
             except OSError:
                 pass
+        _close(chan_w, *fds, *files.values())
+
+
+def run_tests(code: str, entry_point: str, tests: list[dict], timeout: float = 5.0, memory_mb: int = 512,
+              isolation: str = "auto", max_procs: int = 64) -> RunResult:
+    """Run ``code`` (which should define ``entry_point``) on ``tests`` (``{"args": [...], "expected": ...}``)
+    in an isolated child process and compare the returned values here; never raises for what the code does.
+
+    ``isolation``: ``"auto"`` (bwrap where it works, else the rlimit-only fallback with one warning),
+    ``"require"`` (raise :class:`SandboxUnavailable` without bwrap) or ``"rlimits"`` (force the fallback).
+    """
+    bwrap, optional = _choose_isolation(isolation)
+    mode, total = ("bwrap" if bwrap else "rlimits"), len(tests)
+    wants = [json.loads(json.dumps(t["expected"])) for t in tests]  # normalised as the child's values are
+    if not entry_point.isidentifier():
+        return RunResult(0, total, "error", f"entry point {entry_point!r} is not an identifier",
+                         isolation=mode)
+    token, marker = secrets.token_hex(16).encode(), secrets.token_hex(16)
+    host_dir = tempfile.mkdtemp(prefix="minillm_sandbox_")
+    folder = host_dir if bwrap is None else "/tmp/" + os.path.basename(host_dir)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "HOME": folder,
+           "LANG": "C.UTF-8", _MARKER_VAR: marker}
+    files: dict[str, int] = {}
+    try:
+        for name, text in (("solution.py", code), ("harness.py", _HARNESS)):
+            with open(os.path.join(host_dir, name), "w", encoding="utf-8") as f:
+                f.write(text)
+            if bwrap is not None:  # handed to bwrap as open files, so the box needs no view of host_dir
+                files[name] = os.open(os.path.join(host_dir, name), os.O_RDONLY)
+        argv, popen_env = _child_argv(folder, env, files, bwrap, optional)
+        cfg = {"token": token.decode(), "folder": folder, "entry": entry_point,
+               "args": [list(t["args"]) for t in tests]}
+        streams, timed_out, returncode = _run_child(argv, popen_env, host_dir, files, cfg, timeout, memory_mb,
+                                                    max_procs, f"{_MARKER_VAR}={marker}".encode())
+    finally:
+        _close(*files.values())
         shutil.rmtree(host_dir, ignore_errors=True)
+    return _result(streams, timed_out, returncode, token, wants, f"no result within {timeout:g} s", mode)
+
+
+def _result(streams: list[_Stream], timed_out: bool, returncode: int, token: bytes, wants: list,
+            timeout_detail: str, mode: str) -> RunResult:
+    """The verdict on one run from what the child left in its three streams."""
     out, err, chan = streams
+    total = len(wants)
     base = {"isolation": mode, "stdout": out.text(), "stderr": err.text(),
             "dropped": out.dropped + err.dropped}
     if timed_out:
-        return RunResult(0, total, "timeout", f"no result within {timeout:g} s", ["timeout"] * total,
-                         [None] * total, **base)
+        return RunResult(0, total, "timeout", timeout_detail, ["timeout"] * total, [None] * total, **base)
     if chan.dropped:
         return RunResult(0, total, "invalid", "invalid report: too long", ["invalid report"] * total,
                          [None] * total, **base)
     if not chan.buf:
-        code_ = proc.returncode
-        how = f"killed by signal {-code_}" if code_ < 0 else f"exit code {code_}"
+        how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
         return RunResult(0, total, "crashed", f"{how} without a report: {base['stderr'].strip()[-300:]}",
                          ["no report"] * total, [None] * total, **base)
     return _verdict(bytes(chan.buf), token, wants, base)
