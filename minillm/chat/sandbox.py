@@ -228,7 +228,8 @@ def _bwrap_probe() -> tuple[str | None, list[str], str]:
         result: tuple[str | None, list[str], str] = (None, [], why)
         for optional in ([_BWRAP_OPTIONAL, []] if path else []):
             cmd = [path, *_BWRAP_BASE, *optional, "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
-                   "--proc", "/proc", "--dev", "/dev", "--", sys.executable, "-I", "-c", "pass"]
+                   *_interpreter_binds(), "--proc", "/proc", "--dev", "/dev", "--",
+                   sys.executable, "-I", "-c", "pass"]
             try:
                 p = subprocess.run(cmd, env={}, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
             except (OSError, subprocess.TimeoutExpired) as e:
@@ -241,6 +242,19 @@ def _bwrap_probe() -> tuple[str | None, list[str], str]:
                       + p.stderr.decode(errors="replace").strip()[-200:])
         _bwrap_cache = result
     return _bwrap_cache
+
+
+def _interpreter_binds() -> list[str]:
+    """``--ro-bind`` arguments that keep this Python visible inside the box when it lives under /tmp (a
+    virtual environment made with ``mktemp -d``, as in CI), which the private tmpfs would otherwise hide."""
+    places = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable),
+                                            os.path.dirname(os.path.realpath(sys.executable)))}
+    args: list[str] = []
+    for place in sorted(places):  # a parent sorts first; its children need no bind of their own
+        covered = any(place.startswith(done + "/") for done in args[2::3])
+        if (place == "/tmp" or place.startswith("/tmp/")) and not covered:
+            args += ["--ro-bind", place, place]
+    return args
 
 
 def bwrap_available() -> bool:
@@ -593,7 +607,8 @@ def _child_argv(folder: str, env: dict, files: dict[str, int], bwrap: str | None
     if bwrap is None:
         return python, env
     argv = [bwrap, *_BWRAP_BASE, *optional, "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
-            "--proc", "/proc", "--dev", "/dev", "--dir", folder, "--chdir", folder, "--clearenv"]
+            *_interpreter_binds(), "--proc", "/proc", "--dev", "/dev", "--dir", folder, "--chdir", folder,
+            "--clearenv"]
     for name, fd in files.items():
         argv += ["--file", str(fd), f"{folder}/{name}"]
     for k, v in env.items():
