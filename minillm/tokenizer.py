@@ -64,6 +64,57 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     return out
 
 
+def _word_frequencies(text: str, specials: list[str], pattern: str) -> tuple[list[list[int]], list[int]]:
+    """The distinct pre-tokenized words of ``text`` as byte lists, and how often each occurs. Special-token
+    text is cut out first, so no merge ever touches it."""
+    split = re.compile(pattern)
+    pieces = re.split("|".join(re.escape(s) for s in specials), text) if specials else [text]
+    word_freq: Counter = Counter()
+    for piece in pieces:
+        word_freq.update(split.findall(piece))
+    return [list(w.encode("utf-8")) for w in word_freq], list(word_freq.values())
+
+
+def _pair_index(words: list[list[int]], freqs: list[int]
+                ) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], set[int]]]:
+    """(how often each adjacent pair occurs, weighted by word frequency; which words contain it)."""
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for wi, (w, f) in enumerate(zip(words, freqs)):
+        for p in zip(w, w[1:]):
+            pair_counts[p] = pair_counts.get(p, 0) + f
+            where.setdefault(p, set()).add(wi)
+    return pair_counts, where
+
+
+def _apply_merge(pair: tuple[int, int], new_id: int, words: list[list[int]], freqs: list[int],
+                 pair_counts: dict, where: dict) -> set[tuple[int, int]]:
+    """Merge ``pair`` into ``new_id`` in every word that has it, updating the counts and the index by the
+    difference only (pairs away from the merge sites cost nothing). Returns the pairs whose count changed."""
+    changed: set[tuple[int, int]] = set()
+    for wi in where.pop(pair):
+        w = words[wi]
+        new_w = _merge(w, pair, new_id) if len(w) >= 2 else w
+        if len(new_w) == len(w):
+            continue  # stale index entry: the pair is no longer in this word
+        f = freqs[wi]
+        old, new = _pairs(w), _pairs(new_w)
+        for p, c in old.items():
+            d = new.get(p, 0) - c
+            if d:
+                pair_counts[p] += d * f
+                changed.add(p)
+                if p not in new and p in where:
+                    where[p].discard(wi)  # keep the index exact: no stale visits later
+        for p, c in new.items():
+            if p not in old:
+                pair_counts[p] = pair_counts.get(p, 0) + c * f
+                where.setdefault(p, set()).add(wi)
+                changed.add(p)
+        words[wi] = new_w
+    return changed
+
+
 def _merge_by_rank(ids: list[int], ranks: dict[tuple[int, int], int]) -> list[int]:
     """The same merges as applying the lowest-ranked pair everywhere, then the next (``_encode_word``), in
     O(n log n) for a word of n bytes: a heap of (rank, position) over a linked list of tokens.
@@ -157,64 +208,23 @@ class BPETokenizer:
         if n_merges < 0:
             raise ValueError(f"BPETokenizer.train: vocab_size={vocab_size} is smaller than 256 byte tokens + "
                              f"{len(specials)} special tokens = {256 + len(specials)}")
-        split = re.compile(pattern)
-        # special-token text in the training data is cut out so no merge ever touches it
-        pieces = re.split("|".join(re.escape(s) for s in specials), text) if specials else [text]
-        word_freq: Counter = Counter()
-        for piece in pieces:
-            word_freq.update(split.findall(piece))
-        words: list[list[int]] = [list(w.encode("utf-8")) for w in word_freq]
-        freqs: list[int] = list(word_freq.values())
-
-        pair_counts: dict[tuple[int, int], int] = {}
-        where: dict[tuple[int, int], set[int]] = {}
-        for wi, (w, f) in enumerate(zip(words, freqs)):
-            for p in zip(w, w[1:]):
-                pair_counts[p] = pair_counts.get(p, 0) + f
-                where.setdefault(p, set()).add(wi)
+        words, freqs = _word_frequencies(text, specials, pattern)
+        pair_counts, where = _pair_index(words, freqs)
         heap = [(-c, p) for p, c in pair_counts.items()]
         heapq.heapify(heap)
-
         merges: list[tuple[int, int]] = []
         while len(merges) < n_merges and heap:
             neg, pair = heapq.heappop(heap)
             if pair_counts.get(pair, 0) != -neg or -neg <= 0:
                 continue  # stale heap entry: this pair's count changed after it was pushed
-            new_id = 256 + len(merges)
             merges.append(pair)
-            changed: set[tuple[int, int]] = set()
-            for wi in where.pop(pair):
-                w = words[wi]
-                if len(w) < 2:
-                    continue
-                new_w = _merge(w, pair, new_id)
-                if len(new_w) == len(w):
-                    continue  # stale index entry: the pair is no longer in this word
-                # apply only the difference between the word's old and new pair counts: pairs away from
-                # the merge sites are unchanged and cost no dictionary writes
-                f = freqs[wi]
-                old, new = _pairs(w), _pairs(new_w)
-                for p, c in old.items():
-                    d = new.get(p, 0) - c
-                    if d:
-                        pair_counts[p] += d * f
-                        changed.add(p)
-                        if p not in new and p in where:
-                            where[p].discard(wi)  # keep the index exact: no stale visits later
-                for p, c in new.items():
-                    if p not in old:
-                        pair_counts[p] = pair_counts.get(p, 0) + c * f
-                        where.setdefault(p, set()).add(wi)
-                        changed.add(p)
-                words[wi] = new_w
-            for p in changed:
-                c = pair_counts[p]
-                if c > 0:
-                    heapq.heappush(heap, (-c, p))
+            for p in _apply_merge(pair, 255 + len(merges), words, freqs, pair_counts, where):
+                if pair_counts[p] > 0:
+                    heapq.heappush(heap, (-pair_counts[p], p))
                 else:
                     del pair_counts[p]
             if verbose and len(merges) % 100 == 0:
-                print(f"merge {len(merges)}/{n_merges}: {pair} -> {new_id} (count {-neg})")
+                print(f"merge {len(merges)}/{n_merges}: {pair} -> {255 + len(merges)} (count {-neg})")
         return cls(merges, specials, pattern)
 
     # ------------------------------------------------------------------ encoding
