@@ -25,6 +25,8 @@ COMMANDS = {
     "dpo": ("minillm.phases.dpo", "align an SFT model with DPO on judged preference pairs (before/after)"),
     "memory": ("minillm.peft.memory", "fine-tuning memory: weights, gradients, optimizer, activations"),
     "bench": ("minillm.bench", "benchmarks (numbers, not adjectives)"),
+    "workshop": ("minillm.exercises.workshop", "an instructor's kit: student and instructor notebooks, a "
+                                               "guide, an offline install bundle"),
 }
 
 

@@ -105,6 +105,8 @@ OTHER = [
     (["pipeline", "--out", "{tmp}/a_file"], "not a folder"),
     (["--backend", "tpu", "pipeline"], "invalid choice"),
     (["nosuch"], "invalid choice"), ([], "required"),
+    (["workshop"], "give --out DIR"), (["workshop", "--out", "{tmp}/a_file"], "not a folder"),
+    (["workshop", "--bundle", "{tmp}/a_file/b"], "is a file"),
 ]
 BY_COMMAND = {"pretrain": PRETRAIN, "generate": GENERATE, "sft": SFT, "chat": CHAT, "dpo": DPO,
               "finetune-classify": CLASSIFY, "memory": MEMORY, None: OTHER}

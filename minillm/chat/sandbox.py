@@ -714,7 +714,10 @@ def _result(streams: list[_Stream], timed_out: bool, returncode: int, token: byt
         return RunResult(0, total, "invalid", "invalid report: too long", ["invalid report"] * total,
                          [None] * total, **base)
     if not chan.buf:
-        how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+        signal_number = -returncode if returncode < 0 else 0
+        if mode == "bwrap" and returncode > 128:  # bwrap reports its child's death by signal N as 128 + N
+            signal_number = returncode - 128
+        how = f"killed by signal {signal_number}" if signal_number else f"exit code {returncode}"
         return RunResult(0, total, "crashed", f"{how} without a report: {base['stderr'].strip()[-300:]}",
                          ["no report"] * total, [None] * total, **base)
     return _verdict(bytes(chan.buf), token, wants, base)
