@@ -92,3 +92,7 @@ def test_committed_lesson_is_clean(notebook: Path):
     assert code and all(c.get("outputs") is not None for c in code)
     assert any(c.get("outputs") for c in code), f"{notebook.name} was committed without outputs"
     assert nb.cells[0].cell_type == "markdown", f"{notebook.name} should open with prose, not code"
+    for cell in code:  # executed with a non-inline backend (Agg), a plot leaves no image behind
+        if "plt.show()" in cell.source:
+            assert any("image/png" in out.get("data", {}) for out in cell.outputs), (
+                f"{notebook.name}: a plotting cell was committed without its figure:\n{cell.source[:200]}")
