@@ -316,7 +316,7 @@ def f(x):
         if i >= 0 and b[i + 9:i + 25].isalnum():
             return b[i:i + 25]
     return "not found"
-""", {"failed", "error"}),  # error: the walk can run out of memory (RLIMIT_AS) on a big /tmp
+""", {"failed", "error", "timeout"}),  # a big /tmp: the walk may run out of memory or time, never forge
     "always-equal object": ("class A:\n    def __eq__(self, o):\n        return True\n    __hash__ = None\n"
                             "def f(x):\n    return A()", {"failed"}),
     "float subclass": ("class F(float):\n    def __eq__(self, o):\n        return True\n"
