@@ -38,23 +38,23 @@ LESSONS: dict[int, tuple[tuple[int, ...], str, str]] = {
          "for softmax*, §3"),
 }
 
-# Seconds to execute each notebook top to bottom (nbclient, one BLAS thread, on an otherwise idle 2-core
-# machine): (fastest, slowest) of 2 runs, the instructor copy and the student copy.
+# Seconds to execute each notebook top to bottom (nbclient, one BLAS thread, an idle 2-core machine, in CI):
+# (fastest, slowest) of 2 runs, the instructor copy and the student copy.
 RUN_SECONDS: dict[int, tuple[float, float]] = {
-    1: (1.9, 2.0),
-    2: (2.6, 2.9),
-    3: (1.7, 2.0),
-    4: (9.8, 10.0),
-    5: (1.8, 2.0),
-    6: (2.1, 5.0),
-    7: (43.9, 44.1),
-    8: (23.9, 24.2),
-    9: (13.7, 13.7),
-    10: (9.0, 10.0),
-    11: (45.8, 52.6),
-    12: (28.8, 32.0),
-    13: (21.2, 21.8),
-    14: (4.4, 5.8),
+    1: (2.4, 3.0),
+    2: (4.1, 4.6),
+    3: (2.7, 5.0),
+    4: (62.4, 64.5),
+    5: (2.8, 3.0),
+    6: (3.3, 3.4),
+    7: (144.2, 144.4),
+    8: (50.5, 51.4),
+    9: (12.5, 14.3),
+    10: (13.0, 14.5),
+    11: (48.3, 51.9),
+    12: (51.5, 53.3),
+    13: (57.1, 61.5),
+    14: (4.5, 4.9),
 }
 
 NINETY_MINUTES = (1, 3, 11, 12)  # lessons whose exercises make a 90-minute session: engine to alignment
