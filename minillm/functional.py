@@ -7,6 +7,9 @@ attention), the forward and a fused backward are written together here.
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import numpy
 
 from minillm import backend as B
 from minillm.tensor import Tensor, is_grad_enabled
@@ -81,8 +84,26 @@ def tanh(x: Tensor) -> Tensor:
 
 
 def silu(x: Tensor) -> Tensor:
+    """x·σ(x) (the "swish"), composed from differentiable pieces."""
     x = _t(x)
     return x * x.sigmoid()
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """SwiGLU's gating, silu(gate) ⊙ up (Shazeer 2020), in one op: Llama's feed-forward is
+    down_proj(swiglu(gate_proj(x), up_proj(x)))."""
+    gate, up = _t(gate), _t(up)
+    s = 1.0 / (1.0 + B.xp.exp(-gate.data))  # σ(gate)
+    act = gate.data * s                     # silu(gate)
+    out = Tensor._result(act * up.data, (gate, up), "swiglu")
+    if out.requires_grad:
+        def backward(g):
+            if gate.requires_grad:  # d silu(a)/da = σ(a)·(1 + a·(1 − σ(a)))
+                gate._accum(g * up.data * s * (1.0 + gate.data * (1.0 - s)))
+            if up.requires_grad:
+                up._accum(g * act)
+        out._backward = backward
+    return out
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -248,6 +269,51 @@ def rms_norm(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6) -> Tens
     return out
 
 
+def rope_angles(head_dim: int, positions, theta: float = 10000.0) -> tuple[Any, Any]:
+    """(cos, sin), each (T, head_dim), of rotary embeddings at integer ``positions``: pair i of a head
+    (elements i and i + head_dim/2, HF's "rotate_half" layout) turns by angle pos · θ^(−2i/head_dim)."""
+    if head_dim % 2:
+        raise ValueError(f"rope: head_dim must be even, got {head_dim}")
+    inv_freq = 1.0 / theta ** (numpy.arange(0, head_dim, 2, dtype=numpy.float64) / head_dim)  # (hs/2,)
+    pos = numpy.asarray(B.to_numpy(_raw(positions)), dtype=numpy.float64)
+    ang = numpy.outer(pos, inv_freq)                # (T, hs/2)
+    ang = numpy.concatenate([ang, ang], axis=-1)    # (T, hs): both halves of a pair share an angle
+    dt = B.default_dtype
+    return B.xp.asarray(numpy.cos(ang), dtype=dt), B.xp.asarray(numpy.sin(ang), dtype=dt)
+
+
+def _rotate_half(a, sign: float = 1.0):
+    """(−a₂, a₁) for a = (a₁, a₂) split on the last axis; sign −1 gives its transpose (a₂, −a₁)."""
+    h = a.shape[-1] // 2
+    return B.xp.concatenate([-sign * a[..., h:], sign * a[..., :h]], axis=-1)
+
+
+def rope(x: Tensor, cos, sin) -> Tensor:
+    """Rotary position embedding (Su et al. 2021): x ⊙ cos + rotate_half(x) ⊙ sin, x (..., T, hs), cos and
+    sin (T, hs) from ``rope_angles``. Each pair is rotated by its position's angle, so q·k after rotation
+    depends only on the positions' difference. The backward rotates back: dx = g ⊙ cos + Rᵀ(g ⊙ sin)."""
+    x = _t(x)
+    c, s = _raw(cos).astype(x.dtype, copy=False), _raw(sin).astype(x.dtype, copy=False)
+    out = Tensor._result(x.data * c + _rotate_half(x.data) * s, (x,), "rope")
+    if out.requires_grad:
+        out._backward = lambda g: x._accum(g * c + _rotate_half(g * s, sign=-1.0))
+    return out
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """Grouped-query attention's head sharing: (B, n_kv, T, hs) → (B, n_kv·n_rep, T, hs), each key/value
+    head used by n_rep consecutive query heads. The backward sums each group's gradients."""
+    x = _t(x)
+    if n_rep == 1:
+        return x
+    Bsz, nkv, T, hs = x.shape
+    y = B.xp.broadcast_to(x.data[:, :, None], (Bsz, nkv, n_rep, T, hs)).reshape(Bsz, nkv * n_rep, T, hs)
+    out = Tensor._result(y, (x,), "repeat_kv")
+    if out.requires_grad:
+        out._backward = lambda g: x._accum(g.reshape(Bsz, nkv, n_rep, T, hs).sum(axis=2))
+    return out
+
+
 def embedding(ids, weight: Tensor) -> Tensor:
     """Rows of ``weight`` picked by integer ``ids``; the backward scatter-adds into those rows."""
     ids = B.xp.asarray(_raw(ids))
@@ -323,18 +389,31 @@ def _attention_probs(q: Tensor, k: Tensor, allowed, scale: float, bias, dropout_
 
 
 def attention_probs(q: Tensor, k: Tensor, mask=None, is_causal: bool = False, scale: float | None = None,
-                    bias: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
+                    bias: Tensor | None = None, dropout_p: float = 0.0, enable_gqa: bool = False) -> Tensor:
     """The attention probabilities softmax(q kᵀ · scale + bias, masked), (..., Tq, Tk), for plotting (no
     gradient). Arguments as ``scaled_dot_product_attention``; with ``dropout_p`` the dropped, rescaled
     probabilities, the same draw that function makes after the same ``minillm.manual_seed``."""
     q, k = _t(q), _t(k)
+    k, _ = _grouped_kv(q, k, None, enable_gqa)
     scale, allowed = _attention_setup(q, k, None, mask, is_causal, scale, dropout_p, "attention_probs")
     return Tensor(_attention_probs(q, k, allowed, scale, bias, dropout_p)[1])
 
 
+def _grouped_kv(q: Tensor, k: Tensor, v: Tensor | None, enable_gqa: bool) -> tuple[Tensor, Tensor | None]:
+    """k and v with their heads repeated to q's (grouped-query attention), or as given without
+    ``enable_gqa``; heads on axis -3."""
+    if not enable_gqa or q.ndim < 3 or k.shape[-3] == q.shape[-3]:
+        return k, v
+    nq, nkv = q.shape[-3], k.shape[-3]
+    if nq % nkv:
+        raise ValueError(f"attention: {nq} query heads can't share {nkv} key/value heads (enable_gqa needs "
+                         f"n_heads divisible by n_kv_heads)")
+    return repeat_kv(k, nq // nkv), (None if v is None else repeat_kv(v, nq // nkv))
+
+
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_causal: bool = False,
                                  scale: float | None = None, bias: Tensor | None = None,
-                                 dropout_p: float = 0.0) -> Tensor:
+                                 dropout_p: float = 0.0, enable_gqa: bool = False) -> Tensor:
     """softmax(q kᵀ · scale + bias, masked) v over the last two axes, with a fused backward.
 
     q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv) → (..., Tq, dv). ``mask`` is boolean, broadcastable to
@@ -342,9 +421,12 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask=None, is_
     mask aligned to the end (so a query block can attend to a longer cached past). ``bias`` is an additive
     score bias (T5's relative positions) that also receives a gradient. ``dropout_p`` drops attention
     probabilities (inverted dropout, mask drawn from ``minillm.manual_seed``'s generator) before they weigh
-    v, as PyTorch's ``dropout_p``; pass 0 outside training. ``attention_probs`` gives the probabilities.
+    v, as PyTorch's ``dropout_p``; pass 0 outside training. ``enable_gqa`` (PyTorch's name): k and v may
+    have fewer heads (axis -3) than q, each shared by a group of query heads (``repeat_kv``).
+    ``attention_probs`` gives the probabilities.
     """
     q, k, v = _t(q), _t(k), _t(v)
+    k, v = _grouped_kv(q, k, v, enable_gqa)
     scale, allowed = _attention_setup(q, k, v, mask, is_causal, scale, dropout_p, "attention")
 
     fused = getattr(B, "fused_attention", None)

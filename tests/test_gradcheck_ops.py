@@ -224,6 +224,52 @@ def attention_input(draw):
 
 
 @st.composite
+def rope_input(draw):
+    """x (..., T, hs) with hs even, and the (cos, sin) of T positions starting anywhere (a cached call)."""
+    batch = draw(shapes(0, 2, max_side=2))
+    T_, hs = draw(st.integers(1, 4)), 2 * draw(st.integers(1, 3))
+    start, theta = draw(st.integers(0, 50)), draw(st.sampled_from([10.0, 10000.0]))
+    cos, sin = F.rope_angles(hs, np.arange(start, start + T_), theta)
+    return (T(draw(arrays((*batch, T_, hs)))),), {"cos": cos, "sin": sin}
+
+
+@st.composite
+def gqa_input(draw):
+    """q (B, nh, Tq, d) and k, v (B, nkv, Tk, d) with nkv dividing nh (multi-query at nkv = 1)."""
+    Bsz, nkv, rep = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    Tq, Tk, d = (draw(st.integers(1, 3)) for _ in range(3))
+    q, k, v = (T(draw(arrays(s))) for s in ((Bsz, nkv * rep, Tq, d), (Bsz, nkv, Tk, d), (Bsz, nkv, Tk, d)))
+    return (q, k, v), {"is_causal": draw(st.booleans()), "enable_gqa": True}
+
+
+@st.composite
+def repeat_input(draw):
+    (x,), _ = draw(one(min_dims=4, max_dims=4))
+    return (x,), {"n_rep": draw(st.integers(1, 3))}
+
+
+@st.composite
+def llama_block_input(draw):
+    """A float64 Llama block (RMSNorm, RoPE attention with shared kv heads, SwiGLU), x (B, T, C), and its
+    parameters as checked inputs."""
+    from minillm.models.llama import LlamaBlock, LlamaConfig
+
+    n_heads, n_kv = draw(st.sampled_from([(1, 1), (2, 1), (2, 2)]))
+    c = LlamaConfig(vocab_size=5, context_length=8, d_model=2 * n_heads, n_heads=n_heads, n_kv_heads=n_kv,
+                    n_layers=1, d_ff=3, rms_norm_eps=0.1)  # near-0 residual: tiny eps is too curved
+    block = float64_module(LlamaBlock(c))
+    for p in block.parameters():
+        p.data = draw(arrays(p.shape, low=-1.5, high=1.5))
+    x = T(draw(arrays((draw(st.integers(1, 2)), draw(st.integers(1, 3)), c.d_model))))
+    return (x, *block.parameters()), {"layer": block}
+
+
+def llama_block_fn(x, *params, layer):
+    cos, sin = F.rope_angles(layer.attn.head_dim, np.arange(x.shape[-2]))
+    return layer(x, cos, sin)[0]
+
+
+@st.composite
 def linear_input(draw, bias: bool = True):
     lead = draw(shapes(0, 2))
     n_in, n_out = draw(st.integers(1, 4)), draw(st.integers(1, 4))
@@ -334,6 +380,7 @@ OPS = [
     Op("F.relu", lambda x: F.relu(x), one(**KINK0)),
     Op("F.gelu", lambda x: F.gelu(x), one(low=-4, high=4)),
     Op("F.silu", lambda x: F.silu(x), one(low=-4, high=4)),
+    Op("F.swiglu", lambda g, u: F.swiglu(g, u), two(a={"low": -4, "high": 4})),
     Op("F.sigmoid", lambda x: F.sigmoid(x), one()),
     Op("F.tanh", lambda x: F.tanh(x), one()),
     Op("F.matmul", lambda a, b: F.matmul(a, b), matmul_shapes().flatmap(
@@ -357,6 +404,9 @@ OPS = [
     Op("F.scaled_dot_product_attention (dropout_p)", attention_dropout_fn, attention_input().flatmap(
         lambda ak: st.tuples(st.sampled_from([0.2, 0.5]), st.integers(0, 2**31)).map(
             lambda ps: (ak[0], {**ak[1], "p": ps[0], "seed": ps[1]})))),
+    Op("F.scaled_dot_product_attention (enable_gqa)", attention_fn, gqa_input()),
+    Op("F.rope", lambda x, cos, sin: F.rope(x, cos, sin), rope_input()),
+    Op("F.repeat_kv", lambda x, n_rep: F.repeat_kv(x, n_rep), repeat_input()),
     Op("F.linear", lambda x, w, b: F.linear(x, w, b), linear_input()),
     Op("F.linear_no_bias", lambda x, w: F.linear(x, w), linear_input(bias=False)),
     # ---- layers (their parameters are checked inputs too)
@@ -364,6 +414,7 @@ OPS = [
     Op("nn.LayerNorm", layer_fn, layer_input(lambda d: nn.LayerNorm(d))),
     Op("nn.RMSNorm", layer_fn, layer_input(lambda d: nn.RMSNorm(d))),
     Op("nn.Embedding", layer_fn, layer_input(lambda d: nn.Embedding(d, 3), ids=True)),
+    Op("models.llama.LlamaBlock", llama_block_fn, llama_block_input()),
     Op("nn.Sequential MLP", layer_fn, layer_input(lambda d: nn.Sequential(nn.Linear(d, 4), nn.GELU(),
                                                                           nn.Linear(4, 2), nn.Tanh()))),
 ]
