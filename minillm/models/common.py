@@ -3,6 +3,7 @@ checkpoint read/write pattern (a ``kind``, the config as a dict, the state dict)
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from dataclasses import asdict, fields
@@ -13,6 +14,7 @@ import numpy
 from minillm import backend as B
 from minillm import nn
 from minillm.checkpoint import CheckpointError, load, save
+from minillm.tokenizer import BPETokenizer, load_default_tokenizer
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -147,3 +149,25 @@ def model_from_checkpoint(cls: type[M], path, config_cls: type, kind: str, who: 
     model = cls(config)
     model.load_state_dict(state)
     return model
+
+
+def load_checkpoint_tokenizer(path):
+    """The tokenizer embedded in a checkpoint, or None if it has none."""
+    state = load(path)
+    tok = state.get("tokenizer") if isinstance(state, dict) else None
+    if tok is None:
+        return None
+    return BPETokenizer.from_dict(json.loads(tok), source=f"tokenizer in {path}")
+
+
+def with_tokenizer(model: M, path) -> tuple[M, Any]:
+    """(model, the tokenizer embedded in checkpoint ``path``), or the shipped tokenizer if it embeds none
+    and that fits the model's vocabulary."""
+    tokenizer = load_checkpoint_tokenizer(path)
+    if tokenizer is None:
+        tokenizer = load_default_tokenizer()
+        if tokenizer.vocab_size > model.config.vocab_size:  # its ids would index past the embedding
+            raise CheckpointError(f"{path} embeds no tokenizer, and the shipped one "
+                                  f"({tokenizer.vocab_size} tokens) does not fit its vocab_size "
+                                  f"{model.config.vocab_size}: save the model with its own tokenizer")
+    return model, tokenizer

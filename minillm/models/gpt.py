@@ -14,13 +14,14 @@ from typing import Any
 from minillm import backend as B
 from minillm import functional as F
 from minillm import nn
-from minillm.checkpoint import CheckpointError, load
 from minillm.models.common import (
     check_config,
     check_ids,
     init_weights,
+    load_checkpoint_tokenizer,  # noqa: F401  (re-exported: lessons import it from here)
     model_from_checkpoint,
     past_length,
+    with_tokenizer,
     write_checkpoint,
 )
 from minillm.tensor import Tensor, no_grad
@@ -138,28 +139,9 @@ class GPT(nn.Module):
     @classmethod
     def load_with_tokenizer(cls, path) -> tuple[GPT, BPETokenizer]:
         """The GPT in a checkpoint and its tokenizer (the shipped one if the checkpoint embeds none)."""
-        from minillm.tokenizer import load_default_tokenizer
-
-        model, tokenizer = cls.from_checkpoint(path), load_checkpoint_tokenizer(path)
-        if tokenizer is None:
-            tokenizer = load_default_tokenizer()
-            if tokenizer.vocab_size > model.config.vocab_size:  # its ids would index past the embedding
-                raise CheckpointError(f"{path} embeds no tokenizer, and the shipped one "
-                                      f"({tokenizer.vocab_size} tokens) does not fit its vocab_size "
-                                      f"{model.config.vocab_size}: save the model with its own tokenizer")
-        return model, tokenizer
+        return with_tokenizer(cls.from_checkpoint(path), path)
 
     @classmethod
     def from_checkpoint(cls, path) -> GPT:
         """A GPT rebuilt from a checkpoint written by ``save_checkpoint`` or ``minillm.train.train``."""
         return model_from_checkpoint(cls, path, GPTConfig, "gpt", who="GPT")
-
-
-def load_checkpoint_tokenizer(path):
-    """The tokenizer embedded in a checkpoint, or None if it has none."""
-
-    state = load(path)
-    tok = state.get("tokenizer") if isinstance(state, dict) else None
-    if tok is None:
-        return None
-    return BPETokenizer.from_dict(json.loads(tok), source=f"tokenizer in {path}")

@@ -29,9 +29,11 @@ from minillm.models.common import (
     init_weights,
     model_from_checkpoint,
     past_length,
+    with_tokenizer,
     write_checkpoint,
 )
 from minillm.tensor import Tensor, concat, no_grad
+from minillm.tokenizer import BPETokenizer
 
 
 @dataclass
@@ -218,6 +220,11 @@ class Llama(nn.Module):
         """Write config + weights (+ the tokenizer as JSON) with ``minillm.save``, like ``GPT``'s."""
         tok = {} if tokenizer is None else {"tokenizer": json.dumps(tokenizer.to_dict(), ensure_ascii=False)}
         write_checkpoint(path, "llama", self, {**tok, **(extra or {})}, dtype=dtype)
+
+    @classmethod
+    def load_with_tokenizer(cls, path) -> tuple[Llama, BPETokenizer]:
+        """The Llama in a checkpoint and its tokenizer (the shipped one if the checkpoint embeds none)."""
+        return with_tokenizer(cls.from_checkpoint(path), path)
 
     @classmethod
     def from_checkpoint(cls, path) -> Llama:
