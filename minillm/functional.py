@@ -269,16 +269,17 @@ def rms_norm(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6) -> Tens
     return out
 
 
-def rope_angles(head_dim: int, positions, theta: float = 10000.0) -> tuple[Any, Any]:
+def rope_angles(head_dim: int, positions, theta: float = 10000.0, dtype=None) -> tuple[Any, Any]:
     """(cos, sin), each (T, head_dim), of rotary embeddings at integer ``positions``: pair i of a head
-    (elements i and i + head_dim/2, HF's "rotate_half" layout) turns by angle pos · θ^(−2i/head_dim)."""
+    (elements i and i + head_dim/2, HF's "rotate_half" layout) turns by angle pos · θ^(−2i/head_dim).
+    Computed in float64, returned in ``dtype`` (default: the backend's default dtype)."""
     if head_dim % 2:
         raise ValueError(f"rope: head_dim must be even, got {head_dim}")
     inv_freq = 1.0 / theta ** (numpy.arange(0, head_dim, 2, dtype=numpy.float64) / head_dim)  # (hs/2,)
     pos = numpy.asarray(B.to_numpy(_raw(positions)), dtype=numpy.float64)
     ang = numpy.outer(pos, inv_freq)                # (T, hs/2)
     ang = numpy.concatenate([ang, ang], axis=-1)    # (T, hs): both halves of a pair share an angle
-    dt = B.default_dtype
+    dt = B.default_dtype if dtype is None else dtype
     return B.xp.asarray(numpy.cos(ang), dtype=dt), B.xp.asarray(numpy.sin(ang), dtype=dt)
 
 

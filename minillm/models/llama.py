@@ -168,7 +168,7 @@ class Llama(nn.Module):
             raise ValueError(f"Llama: past_kv has {len(past_kv)} layers, the model has {len(self.blocks)}")
         c = self.config
         cos, sin = F.rope_angles(c.d_model // c.n_heads, B.xp.arange(start, start + ids.shape[1]),
-                                 c.rope_theta)  # (T, hs) each
+                                 c.rope_theta, dtype=self.tok_emb.weight.dtype)  # (T, hs) each
         x = self.drop(self.tok_emb(ids))  # (B, T, C): no position table, positions live in the rotation
         present = []
         for i, block in enumerate(self.blocks):
@@ -202,7 +202,8 @@ class Llama(nn.Module):
     def attention_weights(self, ids) -> list:
         """Attention probabilities of every layer, a list of (B, nh, T, T) NumPy arrays, for plotting."""
         ids, c = self.check_ids(ids), self.config
-        cos, sin = F.rope_angles(c.d_model // c.n_heads, B.xp.arange(ids.shape[1]), c.rope_theta)
+        cos, sin = F.rope_angles(c.d_model // c.n_heads, B.xp.arange(ids.shape[1]), c.rope_theta,
+                                 dtype=self.tok_emb.weight.dtype)
         maps = []
         with no_grad():
             x = self.tok_emb(ids)
