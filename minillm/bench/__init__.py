@@ -13,6 +13,7 @@ BENCHMARKS = {
     "train": "minillm.bench.train",
     "tokenizer": "minillm.bench.tokenizer",
     "peft": "minillm.bench.peft",
+    "decode": "minillm.bench.decode",
 }
 
 
@@ -30,6 +31,9 @@ def add_arguments(p) -> None:
                    help=f"which: {', '.join(BENCHMARKS)} (default: all CPU ones)")
     p.add_argument("--gpu", action="store_true", help="the GPU kernel benchmark (needs CuPy and a GPU)")
     p.add_argument("--quick", action="store_true", help="fewer repeats (for tests)")
+    from minillm.bench import decode
+
+    decode.add_arguments(p)
 
 
 def main(args) -> int:

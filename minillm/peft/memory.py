@@ -18,6 +18,15 @@ Sources of the formulas (Ψ = parameter count, Ψₜ = trainable parameters):
   (§4.1). Added here: the float32 logits the loss keeps, 4·s·b·V bytes. For float32 training the
   activations are counted at twice the 16-bit figure. For LoRA/QLoRA the same activation estimate is used:
   gradients must still flow back through every frozen layer to reach earlier adapters.
+* **KV cache** (generation, not training): 2 (k, v) · L · n_kv_heads · head_dim · seq · batch · bytes, what
+  ``Llama.kv_cache_bytes`` counts and ``forward_cached`` allocates (n_kv_heads < n_heads is GQA).
+* **ZeRO** (Rajbhandari et al. 2020, §5) across N data-parallel ranks: the trainable parameters flattened in
+  ``model.parameters()`` order into one buffer of Ψ elements, zero-padded to a multiple of N, each rank
+  owning shard = ceil(Ψ/N) elements. Stage 1 shards the optimizer state, stage 2 also the gradients, stage 3
+  also the parameters (``zero_bytes_per_rank``; the paper's mixed-precision figures beside it).
+
+Shapes come from presets (``ARCHS``: LLaMA-7B, GPT-2 124M), from minillm configs and checkpoints, or from a
+Hugging Face config.json (``shape_from_config_file``).
 """
 
 from __future__ import annotations
@@ -33,8 +42,9 @@ class TransformerShape:
     """What the memory arithmetic needs to know about a decoder-only transformer (counted, not allocated).
 
     ``gated_mlp`` means LLaMA's SwiGLU (three d × d_ff matrices); otherwise GPT's two. ``max_positions`` is
-    the size of a learned position table (0 for rotary embeddings). ``linear_names`` maps the
-    per-layer projection names (as ``target_modules`` would name them) to their roles.
+    the size of a learned position table (0 for rotary embeddings). ``n_kv_heads`` (None: ``n_heads``) is
+    grouped-query attention: k_proj and v_proj map d_model to n_kv_heads·head_dim. ``linear_names`` maps
+    the per-layer projection names (as ``target_modules`` would name them) to their roles.
     """
 
     n_layers: int
@@ -51,23 +61,38 @@ class TransformerShape:
     linear_names: dict = field(default_factory=lambda: {
         "q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "o",
         "gate_proj": "gate", "up_proj": "up", "down_proj": "down"})
+    n_kv_heads: int | None = None
 
     def __post_init__(self):
-        for n in ("n_layers", "d_model", "n_heads", "vocab_size"):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        for n in ("n_layers", "d_model", "n_heads", "vocab_size", "n_kv_heads"):
             if int(getattr(self, n)) < 1:
                 raise ValueError(f"TransformerShape: {n} must be positive, got {getattr(self, n)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"TransformerShape: d_model {self.d_model} is not divisible by "
+                             f"n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"TransformerShape: n_kv_heads {self.n_kv_heads} must divide "
                              f"n_heads {self.n_heads}")
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
         if self.norm not in ("rms", "layer"):
             raise ValueError(f"TransformerShape: norm must be 'rms' or 'layer', got {self.norm!r}")
 
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of k_proj's and v_proj's output: n_kv_heads · head_dim (d_model without GQA)."""
+        return self.n_kv_heads * self.head_dim
+
     def linear_shapes(self) -> dict:
         """Per-layer projection name → (d_in, d_out)."""
-        h, f = self.d_model, self.d_ff
-        roles = {"q": (h, h), "k": (h, h), "v": (h, h), "o": (h, h), "up": (h, f), "down": (f, h)}
+        h, f, kv = self.d_model, self.d_ff, self.kv_dim
+        roles = {"q": (h, h), "k": (h, kv), "v": (h, kv), "o": (h, h), "up": (h, f), "down": (f, h)}
         if self.gated_mlp:
             roles["gate"] = (h, f)
         return {name: roles[role] for name, role in self.linear_names.items() if role in roles}
@@ -76,19 +101,34 @@ class TransformerShape:
         """Weights of the per-layer Linear layers (what QLoRA quantises), all layers."""
         return self.n_layers * sum(i * o for i, o in self.linear_shapes().values())
 
-    def num_parameters(self) -> int:
-        h, f, L = self.d_model, self.d_ff, self.n_layers
+    def block_params(self) -> int:
+        """Parameters of one transformer block: its projections, their biases and its two norms."""
+        h, f = self.d_model, self.d_ff
         norm = h if self.norm == "rms" else 2 * h
-        per_layer = sum(i * o for i, o in self.linear_shapes().values()) + 2 * norm
+        n = sum(i * o for i, o in self.linear_shapes().values()) + 2 * norm
         if self.bias:
-            per_layer += 4 * h + (2 * f if self.gated_mlp else f) + h
+            n += 2 * h + 2 * self.kv_dim + (2 * f if self.gated_mlp else f) + h
+        return n
+
+    def num_parameters(self) -> int:
+        h = self.d_model
+        norm = h if self.norm == "rms" else 2 * h
         emb = self.vocab_size * h + self.max_positions * h
         head = 0 if self.tied_embeddings else self.vocab_size * h
-        return emb + L * per_layer + norm + head
+        return emb + self.n_layers * self.block_params() + norm + head
+
+    def kv_cache_bytes(self, n_tokens: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
+        """Bytes of a KV cache holding ``n_tokens`` positions: 2 (k, v) · L · n_kv_heads · head_dim per token
+        per sequence (``Llama.kv_cache_bytes``; GPT's cache is the n_kv_heads = n_heads case)."""
+        return 2 * self.n_layers * self.kv_dim * n_tokens * batch_size * bytes_per_value
 
 
 LLAMA_7B = TransformerShape(n_layers=32, d_model=4096, n_heads=32, vocab_size=32000, d_ff=11008,
                             gated_mlp=True, bias=False, norm="rms", tied_embeddings=False, name="LLaMA-7B")
+GPT2_SMALL = TransformerShape(n_layers=12, d_model=768, n_heads=12, vocab_size=50257, d_ff=3072,
+                              gated_mlp=False, bias=True, norm="layer", tied_embeddings=True,
+                              max_positions=1024, name="GPT-2 124M")
+ARCHS = {"llama": LLAMA_7B, "gpt2": GPT2_SMALL}
 
 
 def shape_from_gpt_config(config) -> TransformerShape:
@@ -98,6 +138,95 @@ def shape_from_gpt_config(config) -> TransformerShape:
                             vocab_size=config.vocab_size, d_ff=config.d_ff, gated_mlp=False, bias=True,
                             norm="layer", tied_embeddings=config.tie_weights,
                             max_positions=config.context_length, name="minillm GPT")
+
+
+def shape_from_llama_config(config) -> TransformerShape:
+    """The ``TransformerShape`` of a ``minillm.models.llama.LlamaConfig`` (RMSNorm, no biases, RoPE,
+    SwiGLU, GQA with ``n_kv_heads``, head untied unless ``tie_weights``)."""
+    return TransformerShape(n_layers=config.n_layers, d_model=config.d_model, n_heads=config.n_heads,
+                            n_kv_heads=config.n_kv_heads, vocab_size=config.vocab_size, d_ff=config.d_ff,
+                            gated_mlp=True, bias=False, norm="rms", tied_embeddings=config.tie_weights,
+                            max_positions=0, name="minillm Llama")
+
+
+def shape_from_hf_config(d: dict, source: str = "config.json") -> TransformerShape:
+    """The shape in a Hugging Face ``config.json`` of ``model_type`` gpt2 or llama (missing keys take
+    transformers' documented defaults: GPT2Config's are GPT-2 124M, LlamaConfig's LLaMA-7B)."""
+    kind = d.get("model_type")
+    if kind == "gpt2":
+        h = int(d.get("n_embd", 768))
+        return TransformerShape(n_layers=int(d.get("n_layer", 12)), d_model=h,
+                                n_heads=int(d.get("n_head", 12)), vocab_size=int(d.get("vocab_size", 50257)),
+                                d_ff=int(d.get("n_inner") or 4 * h),
+                                gated_mlp=False, bias=True, norm="layer",
+                                tied_embeddings=bool(d.get("tie_word_embeddings", True)),
+                                max_positions=int(d.get("n_positions", 1024)), name=f"{source} (gpt2)")
+    if kind == "llama":
+        bias = bool(d.get("attention_bias", False)), bool(d.get("mlp_bias", False))
+        if bias[0] != bias[1]:
+            raise ValueError(f"{source}: attention_bias and mlp_bias differ; the calculator counts biases "
+                             "everywhere or nowhere")
+        heads = int(d.get("num_attention_heads", 32))
+        return TransformerShape(n_layers=int(d.get("num_hidden_layers", 32)),
+                                d_model=int(d.get("hidden_size", 4096)),
+                                n_heads=heads, n_kv_heads=int(d.get("num_key_value_heads") or heads),
+                                vocab_size=int(d.get("vocab_size", 32000)),
+                                d_ff=int(d.get("intermediate_size", 11008)), gated_mlp=True, bias=bias[0],
+                                norm="rms", tied_embeddings=bool(d.get("tie_word_embeddings", False)),
+                                name=f"{source} (llama)")
+    raise ValueError(f"{source}: model_type {kind!r} is not supported (expected 'gpt2' or 'llama')")
+
+
+def shape_from_minillm_config(kind: str, d: dict, source: str) -> TransformerShape:
+    """The shape of a minillm GPTConfig/LlamaConfig given as a dict (``kind`` "gpt" or "llama")."""
+    from minillm.models.common import config_from_dict
+    from minillm.models.gpt import GPTConfig
+    from minillm.models.llama import LlamaConfig
+
+    kind = kind.lower()
+    family = next((k for k in ("gpt", "llama") if kind.startswith(k)), None)
+    if family is None:
+        raise ValueError(f"{source} holds a {kind!r} model; the memory calculator needs a decoder "
+                         "('gpt' or 'llama')")
+    cls, to_shape = (GPTConfig, shape_from_gpt_config) if family == "gpt" else (LlamaConfig,
+                                                                                shape_from_llama_config)
+    try:
+        config = config_from_dict(cls, d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: not a valid {cls.__name__}: {e}") from None
+    shape = to_shape(config)
+    shape.name = f"{source} ({family})"
+    return shape
+
+
+def shape_from_config_file(path) -> TransformerShape:
+    """The shape described by ``path``: a minillm checkpoint (.npz), a minillm config JSON (a
+    GPTConfig/LlamaConfig dict, bare or as ``{"kind", "config"}``) or a Hugging Face config.json."""
+    import json
+    from pathlib import Path
+
+    from minillm.checkpoint import load
+
+    path, name = Path(path), Path(path).name
+    with open(path, "rb") as f:
+        is_npz = f.read(4) == b"PK\x03\x04"
+    if is_npz:
+        state = load(path)
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise ValueError(f"{path} holds no model config (expected a 'config' entry)")
+        return shape_from_minillm_config(str(state.get("kind", "gpt")), state["config"], name)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is neither a checkpoint nor a JSON config: {e}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    if "model_type" in d:
+        return shape_from_hf_config(d, name)
+    if isinstance(d.get("config"), dict):
+        return shape_from_minillm_config(str(d.get("kind", "gpt")), d["config"], name)
+    llama_keys = {"n_kv_heads", "rope_theta", "rms_norm_eps"}
+    return shape_from_minillm_config(str(d.get("kind", "llama" if llama_keys & d.keys() else "gpt")), d, name)
 
 
 @dataclass
@@ -198,38 +327,165 @@ def predicted_training_bytes(n_params: int, n_trainable: int, bytes_per_value: i
             "optimizer": 2 * bytes_per_value * n_trainable}
 
 
+# ------------------------------------------------------------------ ZeRO: sharding across data-parallel ranks
+def zero_shard(n_params: int, world_size: int) -> int:
+    """Elements each rank owns: the flat buffer of all trainable parameters (``model.parameters()`` order),
+    padded with zeros to a multiple of ``world_size``, split evenly: ceil(Ψ / N)."""
+    if int(n_params) < 1 or int(world_size) < 1:
+        raise ValueError(f"zero_shard: n_params and world_size must be >= 1, got {n_params}, {world_size}")
+    return -(-int(n_params) // int(world_size))
+
+
+def _zero(n_params: int, world_size: int, stage: int, p_bytes: int, g_bytes: int, o_bytes: int) -> dict:
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"ZeRO stage must be 0, 1, 2 or 3, got {stage!r}")
+    shard = zero_shard(n_params, world_size)
+    # stage 1 shards the optimizer state, 2 also the gradients, 3 also the parameters (Rajbhandari et al.)
+    count = {"params": shard if stage >= 3 else n_params, "grads": shard if stage >= 2 else n_params,
+             "optimizer": shard if stage >= 1 else n_params}
+    return {"params": p_bytes * count["params"], "grads": g_bytes * count["grads"],
+            "optimizer": o_bytes * count["optimizer"]}
+
+
+def zero_bytes_per_rank(n_params: int, world_size: int, stage: int, bytes_per_value: int = 4) -> dict:
+    """Per-rank bytes {"params", "grads", "optimizer"} of float32 training with AdamW (two moments) under
+    ZeRO ``stage`` 0 (DDP: 4Ψ, 4Ψ, 8Ψ), 1 (optimizer 8·shard), 2 (+ grads 4·shard), 3 (+ params 4·shard),
+    shard = ``zero_shard(n_params, world_size)``. Stage 3's transiently gathered block is not included
+    (``zero_peak_gathered_bytes``)."""
+    b = int(bytes_per_value)
+    return _zero(int(n_params), int(world_size), stage, b, b, 2 * b)
+
+
+def zero_mixed_precision_bytes_per_rank(n_params: int, world_size: int, stage: int) -> dict:
+    """The ZeRO paper's mixed-precision Adam (§5, K = 12): 16-bit params 2Ψ and grads 2Ψ, float32 master
+    weights and moments 12Ψ; stage 1: 4Ψ + 12Ψ/N, stage 2: 2Ψ + 14Ψ/N, stage 3: 16Ψ/N (Ψ/N = shard)."""
+    return _zero(int(n_params), int(world_size), stage, 2, 2, 12)
+
+
+def zero_peak_gathered_bytes(shape: TransformerShape, bytes_per_value: int = 4) -> int:
+    """Stage 3's transient extra: the full parameters of the largest single transformer block, gathered
+    for its forward/backward and freed after (``bytes_per_value`` · ``shape.block_params()``)."""
+    return bytes_per_value * shape.block_params()
+
+
+def format_zero_table(n_params: int, world_size: int, stages, unit: float = GB) -> str:
+    """Per-rank params/grads/optimizer for each stage: float32 + AdamW beside mixed precision (ZeRO §5)."""
+    head = (f"{'stage':<6} {'params':>8} {'grads':>8} {'optim.':>8} {'total':>8}  | "
+            f"{'params':>8} {'grads':>8} {'optim.':>8} {'total':>8}   (GB per rank)")
+    lines = [f"{'':<6} {'float32 + AdamW (minillm)':^35}  | {'mixed precision, 2+2+12 B (ZeRO §5)':^35}",
+             head, "-" * len(head)]
+    for stage in stages:
+        cells = []
+        for d in (zero_bytes_per_rank(n_params, world_size, stage),
+                  zero_mixed_precision_bytes_per_rank(n_params, world_size, stage)):
+            cells.append(" ".join(f"{v / unit:>8.2f}" for v in (*d.values(), sum(d.values()))))
+        lines.append(f"{stage:<6} {cells[0]}  | {cells[1]}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ ``minillm memory``
+SHAPE_FLAGS = {"layers": "n_layers", "hidden": "d_model", "heads": "n_heads", "kv_heads": "n_kv_heads",
+               "vocab": "vocab_size", "ffn": "d_ff"}
+
+
+def shape_from_args(args) -> TransformerShape:
+    """``--config FILE``, or the ``--arch`` preset (default llama: LLaMA-7B) with any explicit
+    --layers/--hidden/--heads/--kv-heads/--vocab/--ffn/--plain-mlp overriding it."""
+    from dataclasses import replace
+
+    given = {f: getattr(args, a) for a, f in SHAPE_FLAGS.items() if getattr(args, a, None) is not None}
+    if args.plain_mlp:
+        given["gated_mlp"] = False
+    if args.config is not None:
+        if given:
+            flags = ", ".join("--" + a.replace("_", "-") for a in (*SHAPE_FLAGS, "plain_mlp")
+                              if getattr(args, a, None) not in (None, False))
+            raise ValueError(f"--config {args.config} gives the whole shape; drop {flags}")
+        return shape_from_config_file(args.config)
+    preset = ARCHS[args.arch or "llama"]
+    if not given:
+        return preset
+    if "n_heads" in given and "n_kv_heads" not in given and preset.n_kv_heads == preset.n_heads:
+        given["n_kv_heads"] = None  # multi-head preset: stay multi-head with the new head count
+    return replace(preset, **given, name=f"{preset.name}, modified")
+
+
+def describe_shape(shape: TransformerShape, n: int) -> str:
+    kv = f" ({shape.n_kv_heads} kv)" if shape.n_kv_heads != shape.n_heads else ""
+    return (f"{n / 1e9:.3g}B parameters, {shape.name or 'custom'}: {shape.n_layers} layers, hidden "
+            f"{shape.d_model}, {shape.n_heads} heads{kv}, vocab {shape.vocab_size}, "
+            f"ffn {shape.d_ff}{' (SwiGLU)' if shape.gated_mlp else ''}")
+
+
+def kv_cache_line(shape: TransformerShape, methods, batch: int, seq: int) -> str:
+    """One line: the KV cache of generating ``seq`` tokens at ``batch``, per method (float32 for full-fp32,
+    16-bit for the others)."""
+    widths = {m: 4 if m == "full-fp32" else 2 for m in methods}
+    parts = [f"{m} {shape.kv_cache_bytes(seq, batch, b) / GB:.3f}" for m, b in widths.items()]
+    return (f"KV cache for generation, seq {seq}, batch {batch} (2·L·n_kv·head_dim·seq·batch·bytes, "
+            f"not in the totals): {', '.join(parts)} GB")
+
+
 def main(args) -> int:
-    """``minillm memory``: print the fine-tuning memory table for a model shape."""
-    shape = TransformerShape(n_layers=args.layers, d_model=args.hidden, n_heads=args.heads,
-                             vocab_size=args.vocab,
-                             d_ff=args.ffn, gated_mlp=not args.plain_mlp, name="custom")
-    methods = METHODS if args.method == "all" else (args.method,)
-    recompute = args.recompute == "on"
+    """``minillm memory``: the fine-tuning memory table for a model shape, or with ``--zero-stage`` the
+    per-rank ZeRO table."""
+    if (args.zero_stage is None) != (args.world_size is None):
+        raise ValueError("--zero-stage and --world-size go together: give both (e.g. --zero-stage all "
+                         "--world-size 8) or neither")
+    shape = shape_from_args(args)
     params = int(args.params) if args.params else None
-    rows = memory_table(shape, args.batch, args.seq, recompute, params, methods, args.r)
     n = params or shape.num_parameters()
-    print(f"fine-tuning memory for {n / 1e9:.3g}B parameters ({shape.n_layers} layers, "
-          f"hidden {shape.d_model}, {shape.n_heads} heads, vocab {shape.vocab_size}, ffn {shape.d_ff}); "
-          f"batch {args.batch}, seq {args.seq}, "
+    if args.zero_stage is not None:
+        return print_zero(shape, n, args.world_size, args.zero_stage)
+    methods = METHODS if args.method == "all" else (args.method,)
+    rows = memory_table(shape, args.batch, args.seq, args.recompute == "on", params, methods, args.r)
+    print(f"fine-tuning memory for {describe_shape(shape, n)}; batch {args.batch}, seq {args.seq}, "
           f"recompute {args.recompute}; LoRA r={args.r} on q_proj, v_proj")
     print(format_memory_table(rows))
+    print(kv_cache_line(shape, methods, args.batch, args.seq))
+    return 0
+
+
+def print_zero(shape: TransformerShape, n: int, world_size: int, stage: str) -> int:
+    """Print the ZeRO per-rank table for ``stage`` ("0".."3" or "all")."""
+    stages = (0, 1, 2, 3) if stage == "all" else (int(stage),)
+    shard = zero_shard(n, world_size)
+    print(f"ZeRO per-rank memory for {describe_shape(shape, n)}; world size {world_size}: Ψ = {n:,} "
+          f"parameters flattened and zero-padded to {shard * world_size:,} = {world_size} × {shard:,} "
+          "(shard) elements; activations not included")
+    print(format_zero_table(n, world_size, stages))
+    if 3 in stages:
+        print(f"stage 3 peak gathered (one transformer block, {shape.block_params():,} parameters, "
+              f"gathered then freed): {zero_peak_gathered_bytes(shape, 4) / GB:.3f} GB float32, "
+              f"{zero_peak_gathered_bytes(shape, 2) / GB:.3f} GB 16-bit")
     return 0
 
 
 def add_arguments(p) -> None:
-    """The ``minillm memory`` flags (LLaMA-7B-like defaults)."""
+    """The ``minillm memory`` flags (default shape: LLaMA-7B)."""
     from minillm import options as opt
 
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--arch", choices=sorted(ARCHS), default=None,
+                     help="preset shape: llama = LLaMA-7B (default), gpt2 = GPT-2 124M; the shape flags "
+                          "below override it")
+    src.add_argument("--config", type=opt.input_file, default=None,
+                     help="shape from a minillm checkpoint/config JSON or a Hugging Face config.json")
     p.add_argument("--params", type=opt.positive_float, default=None,
                    help="parameter count, e.g. 7e9 (default: computed from the shape)")
-    p.add_argument("--layers", type=opt.positive_int, default=32)
-    p.add_argument("--hidden", type=opt.positive_int, default=4096)
-    p.add_argument("--heads", type=opt.positive_int, default=32)
-    p.add_argument("--vocab", type=opt.positive_int, default=32000)
-    p.add_argument("--ffn", type=opt.positive_int, default=11008, help="feed-forward width (LLaMA-7B: 11008)")
+    p.add_argument("--layers", type=opt.positive_int, default=None, help="(LLaMA-7B: 32)")
+    p.add_argument("--hidden", type=opt.positive_int, default=None, help="(LLaMA-7B: 4096)")
+    p.add_argument("--heads", type=opt.positive_int, default=None, help="(LLaMA-7B: 32)")
+    p.add_argument("--kv-heads", type=opt.positive_int, default=None,
+                   help="key/value heads, grouped-query attention (default: --heads)")
+    p.add_argument("--vocab", type=opt.positive_int, default=None, help="(LLaMA-7B: 32000)")
+    p.add_argument("--ffn", type=opt.positive_int, default=None, help="feed-forward width (LLaMA-7B: 11008)")
     p.add_argument("--plain-mlp", action="store_true", help="GPT-style 2-matrix MLP instead of SwiGLU")
     p.add_argument("--batch", type=opt.positive_int, default=1)
     p.add_argument("--seq", type=opt.positive_int, default=2048)
     p.add_argument("--recompute", choices=["on", "off"], default="off", help="full activation recomputation")
     p.add_argument("--method", choices=["all", *METHODS], default="all")
     p.add_argument("--r", type=opt.positive_int, default=8, help="LoRA rank")
+    p.add_argument("--zero-stage", choices=["0", "1", "2", "3", "all"], default=None,
+                   help="print per-rank ZeRO memory for data-parallel training instead (needs --world-size)")
+    p.add_argument("--world-size", type=opt.positive_int, default=None, help="data-parallel ranks (ZeRO)")
