@@ -17,7 +17,8 @@ COMMANDS = {
     "pipeline": ("minillm.pipeline", "the main job: every phase on the built-in data, with a report card"),
     "pretrain": ("minillm.phases.pretrain", "pre-train a model (clm: GPT; mlm/nsp: BERT; denoise: BART; "
                                             "span: T5)"),
-    "generate": ("minillm.generate", "sample text from a GPT checkpoint"),
+    "generate": ("minillm.phases.sample", "sample text from a GPT or Llama checkpoint, a Hugging Face "
+                                          "folder, or a base model with a PEFT adapter"),
     "finetune-classify": ("minillm.phases.transfer",
                           "transfer learning: pre-trained BERT vs random init, 50/200/1000 labels"),
     "sft": ("minillm.phases.sft", "supervised fine-tuning (chat template), with before/after evaluation"),

@@ -138,38 +138,3 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, **kwa
     if new and new[-1] in set(kwargs["stop_tokens"]):
         new = new[:-1]
     return tokenizer.decode(new)
-
-
-# ------------------------------------------------------------------------------ ``minillm generate``
-def add_arguments(p) -> None:
-    """The ``minillm generate`` options."""
-    from minillm import options as opt
-
-    p.add_argument("--ckpt", type=opt.input_file,
-                   help="checkpoint (default: the shipped minillm/checkpoints/gpt_tiny.npz)")
-    p.add_argument("--prompt", default="", help="text to continue")
-    p.add_argument("--max-new-tokens", type=opt.positive_int, default=100)
-    p.add_argument("--temperature", type=opt.positive_float, default=0.8, help="> 0 (use --greedy for 0)")
-    p.add_argument("--top-k", type=opt.positive_int, default=None)
-    p.add_argument("--top-p", type=opt.top_p_value, default=None)
-    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=opt.nonnegative_int, default=None, help="seed for reproducible sampling")
-    p.add_argument("--num-samples", type=opt.positive_int, default=1)
-    p.add_argument("--no-cache", action="store_true", help="recompute every position (no KV cache)")
-
-
-def main(args) -> int:
-    """``minillm generate``: sample ``--num-samples`` continuations of ``--prompt`` from a GPT checkpoint."""
-    from minillm.models.gpt import GPT
-    from minillm.shipped import SHIPPED_GPT
-
-    model, tok = GPT.load_with_tokenizer(args.ckpt or SHIPPED_GPT)
-    for i in range(args.num_samples):
-        seed = None if args.seed is None else args.seed + i
-        text = generate_text(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=seed,
-                             use_cache=not args.no_cache)
-        print(args.prompt + text)
-        if i + 1 < args.num_samples:
-            print("---")
-    return 0

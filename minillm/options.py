@@ -68,6 +68,17 @@ def input_file(text: str) -> str:
     return text
 
 
+def model_folder(text: str) -> str:
+    """A Hugging Face model folder (``config.json`` + weights + tokenizer files) that must exist."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder" if path.exists()
+                                         else f"{text!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Hugging Face model folder (no config.json)")
+    return text
+
+
 def output_file(text: str) -> str:
     """A file path to write: checked before any training, so a run is never lost at the last step."""
     check_writable(Path(text), folder=False)

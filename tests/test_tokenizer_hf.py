@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optional import optional_import
 
 from minillm.data.world import generate_corpus_chars
 from minillm.tokenizer import (
@@ -134,7 +135,7 @@ def _sampled():
 
 
 def test_gpt2_pattern_matches_the_regex_package_on_every_assigned_character():
-    regex = pytest.importorskip("regex")
+    regex = optional_import("regex", "the regex package (installed with transformers) is the reference")
     text = _probe(_assigned())
     assert re.findall(gpt2_pattern(), text) == regex.findall(GPT2_SPLIT_PATTERN, text)
 
@@ -370,7 +371,7 @@ ADVERSARIAL = VARIED + " x² y² m² Ⅻ a\x1cb ١٢٣ e\u0301 <|endoftext|> [MA
 
 @pytest.fixture(scope="module")
 def transformers():
-    return pytest.importorskip("transformers")
+    return optional_import("transformers", "transformers is the reference for tokenizer interop")
 
 
 @pytest.fixture(scope="module")

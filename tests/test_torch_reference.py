@@ -1,13 +1,13 @@
 """The optional PyTorch side-by-side of ``minillm bench train`` (tests/torch_reference.py) compares like
 with like: same architecture, same parameter count, same loss at initialisation. Needs torch, which is
-never a minillm dependency; without it these tests skip and say so."""
+never a minillm dependency; without it these tests skip and say so (and fail in CI, which installs it)."""
 
 import math
 
 import numpy as np
-import pytest
+from optional import optional_import
 
-torch = pytest.importorskip("torch", reason="PyTorch not installed: the side-by-side timing is optional")
+torch = optional_import("torch", "PyTorch not installed: the side-by-side timing is optional")
 
 
 def test_reference_gpt_matches_minillm_gpt(capsys):

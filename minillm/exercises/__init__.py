@@ -20,6 +20,7 @@ from minillm.exercises import (
     dpo,
     kernels,
     lora,
+    modern_decoder,
     objectives,
     pretraining,
     quantization,
@@ -32,7 +33,7 @@ from minillm.exercises import (
 from minillm.exercises.checking import NOT_ATTEMPTED, Case, CheckResult, Exercise, run_check
 
 _MODULES = (autograd, tokenizer, attention, pretraining, objectives, transfer, sft, reasoning, tools, dpo,
-            lora, quantization, kernels)  # lessons 01 ... 14 in order
+            lora, quantization, kernels, modern_decoder)  # lessons 01 ... 15 in order
 EXERCISES: dict[str, Exercise] = {ex.name: ex for m in _MODULES for ex in m.EXERCISES}
 
 

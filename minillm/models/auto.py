@@ -33,3 +33,20 @@ def load_causal_lm(source) -> tuple[GPT | Llama, BPETokenizer]:
 
         return load_pretrained(source)
     return causal_lm_class(source).load_with_tokenizer(source)
+
+
+def add_model_arguments(p, flag: str, dest: str, help: str) -> None:
+    """``flag`` (a minillm checkpoint, GPT or Llama) or ``--from-pretrained DIR`` (a Hugging Face folder),
+    not both: a command's choice of model, checked while parsing."""
+    from minillm import options as opt
+
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(flag, dest=dest, type=opt.input_file, help=help)
+    group.add_argument("--from-pretrained", type=opt.model_folder, metavar="DIR",
+                       help=f"a Hugging Face model folder (config.json, model.safetensors, tokenizer "
+                            f"files) instead of {flag}")
+
+
+def model_source(args, dest: str, default: str | None) -> str | None:
+    """The checkpoint file or model folder ``add_model_arguments``' options chose, else ``default``."""
+    return args.from_pretrained or getattr(args, dest) or default

@@ -11,6 +11,8 @@ after training (the nonlinearity sits between the two projections): it adds a li
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from minillm import backend as B
 from minillm import functional as F
 from minillm import nn
@@ -57,9 +59,12 @@ class AdaptedSublayer(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.adapter = adapter
+        self.disabled = False  # True: the base sub-layer alone (see ``adapters_disabled``)
 
     def forward(self, *args, **kwargs):
         out = self.base_layer(*args, **kwargs)
+        if self.disabled:
+            return out
         if isinstance(out, tuple):
             return (self.adapter(out[0]),) + out[1:]
         return self.adapter(out)
@@ -92,9 +97,24 @@ def apply_adapters(model: nn.Module, bottleneck: int = 16, target_modules: tuple
     return model
 
 
+@contextmanager
+def adapters_disabled(model: nn.Module):
+    """Inside this block every adapter is skipped: each sub-layer returns its frozen output, the pre-trained
+    model exactly (like ``lora.lora_disabled``; PEFT's ``disable_adapter()``)."""
+    wrapped = [m for m in model.modules() if isinstance(m, AdaptedSublayer)]
+    for m in wrapped:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in wrapped:
+            m.disabled = False
+
+
 def adapter_state_dict(model: nn.Module) -> dict:
     """Only the adapters' weights (what one ships per task)."""
     return {k: v for k, v in model.state_dict().items() if ".adapter." in f".{k}"}
 
 
-__all__ = ["AdaptedSublayer", "Adapter", "adapter_param_count", "adapter_state_dict", "apply_adapters"]
+__all__ = ["AdaptedSublayer", "Adapter", "adapter_param_count", "adapter_state_dict", "adapters_disabled",
+           "apply_adapters"]

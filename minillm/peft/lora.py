@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 from minillm import backend as B
 from minillm import nn
-from minillm.peft.surgery import find_modules, is_linear_like, is_quantized_linear, replace_module
+from minillm.peft.surgery import (
+    check_partial_state,
+    find_modules,
+    is_linear_like,
+    is_quantized_linear,
+    replace_module,
+)
 from minillm.tensor import Tensor
 
 
@@ -232,13 +238,7 @@ def load_lora_state_dict(model: nn.Module, state: dict) -> None:
     own = lora_state_dict(model)
     if not own:
         raise nn.StateDictError("load_lora_state_dict: the model has no LoRA layers; call apply_lora first")
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mis = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-           for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or mis:
-        raise nn.StateDictError(f"load_lora_state_dict: missing {missing}, unexpected {unexpected}, "
-                                f"shape mismatch {mis}")
+    check_partial_state("load_lora_state_dict", own, state)
     was_merged = [m for _, m in lora_layers(model) if m.merged]
     for m in was_merged:
         m.unmerge()

@@ -304,6 +304,19 @@ def quantize_model(model: nn.Module, block_size: int = NF4_BLOCK_SIZE, double_qu
     return model
 
 
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """Undo ``quantize_model``: every QuantizedLinear becomes a frozen float ``nn.Linear`` holding its
+    dequantized weight (what ``merge_and_unload`` leaves of a QLoRA model, as a plain checkpoint)."""
+    for name, m in list(model.named_modules()):
+        if name and isinstance(m, QuantizedLinear):
+            lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            lin.weight.data = B.asarray(m.dequantize(), dtype=B.default_dtype)
+            if m.bias is not None:
+                lin.bias.data = m.bias.data.copy()
+            replace_module(model, name, lin.requires_grad_(False))
+    return model
+
+
 def apply_qlora(model: nn.Module, config: LoRAConfig | None = None, block_size: int = NF4_BLOCK_SIZE,
                 double_quant: bool = True, skip_modules: tuple = ("lm_head",)) -> nn.Module:
     """QLoRA in one call: quantise the base's Linear layers to NF4, freeze everything, add LoRA on the
@@ -325,6 +338,7 @@ def quantized_storage(model: nn.Module) -> dict:
 
 __all__ = [
     "INT4_CODE", "NF4_CODE", "NF4Weight", "QuantizedLinear", "apply_qlora", "dequantize_blockwise",
+    "dequantize_model",
     "dequantize_scales_8bit", "int4_roundtrip", "nf4_code_values", "nf4_roundtrip", "norm_cdf", "norm_ppf",
     "pack_4bit", "quantize_blockwise", "quantize_model", "quantize_nf4", "quantize_scales_8bit",
     "quantized_storage", "theoretical_bits_per_param", "unpack_4bit",

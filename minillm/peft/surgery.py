@@ -57,5 +57,16 @@ def is_linear_like(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear) or is_quantized_linear(m)
 
 
-__all__ = ["find_modules", "is_linear_like", "is_quantized_linear", "matches", "parent_and_name",
-           "replace_module"]
+def check_partial_state(who: str, own: dict, state: dict) -> None:
+    """Raise ``nn.StateDictError`` unless ``state`` has exactly the keys and shapes of ``own`` (an add-on's
+    part of a state dict: LoRA matrices, adapters, a prefix), naming what is missing, extra or mis-shaped."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mis = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+           for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mis:
+        raise nn.StateDictError(f"{who}: missing {missing}, unexpected {unexpected}, shape mismatch {mis}")
+
+
+__all__ = ["check_partial_state", "find_modules", "is_linear_like", "is_quantized_linear", "matches",
+           "parent_and_name", "replace_module"]

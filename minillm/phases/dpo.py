@@ -37,6 +37,7 @@ from minillm import options as opt
 from minillm.chat.template import render_prompt
 from minillm.data.objectives import pad_sequences
 from minillm.nn import Module, evaluating
+from minillm.peft.peft_model import PeftConfig, disable_adapter, get_peft_model, has_adapter, unload
 from minillm.phases import preferences as P
 from minillm.tensor import Tensor, no_grad
 from minillm.train import TrainConfig, train
@@ -186,6 +187,51 @@ def frozen_reference(model: Module) -> Module:
     return ref
 
 
+class AdapterOffReference(Module):
+    """The DPO reference as the policy itself with its adapter switched off (``disable_adapter``): the frozen
+    base exactly, with no second copy of its weights. It registers no parameters of its own, so it trains
+    nothing and holds no optimizer state; ``policy`` is what it runs."""
+
+    def __init__(self, policy: Module):
+        super().__init__()
+        object.__setattr__(self, "policy", policy)  # not a sub-module: its parameters stay the policy's
+        self.training = False
+
+    def forward(self, ids, *args, **kwargs):
+        with disable_adapter(self.policy), evaluating(self.policy), no_grad():
+            return self.policy(ids, *args, **kwargs)
+
+
+def reference_for(policy: Module) -> Module:
+    """The reference DPO measures the policy against: the adapter switched off when the policy has one (PEFT),
+    else a frozen copy of the policy as it is now."""
+    return AdapterOffReference(policy) if has_adapter(policy) else frozen_reference(policy)
+
+
+def weight_bytes(*models: Module) -> int:
+    """Bytes of the parameter and buffer arrays the models hold, measured from the arrays: a parameter shared
+    by several models (or tied inside one) counts once, and so does a sub-module reached from two models."""
+    held: dict[tuple, int] = {}
+    for model in models:
+        for m in model.modules():
+            for p in m._parameters.values():
+                held["param", id(p.data)] = int(p.data.nbytes)
+            for name in m._buffers:  # e.g. an NF4 base's packed codes and scales (numpy scalars included)
+                b = getattr(m, name)
+                held["buffer", id(m), name] = int((b.data if isinstance(b, Tensor) else b).nbytes)
+    return sum(held.values())
+
+
+def reference_weight_bytes(policy: Module) -> dict:
+    """Measured weight bytes of the two ways to hold a PEFT policy's reference: ``adapter_off`` (the policy,
+    whose arrays the reference reuses) and ``frozen_copy`` (the policy beside a frozen copy of its base, built
+    here to be measured), and ``saved``, their difference."""
+    ref = AdapterOffReference(policy)
+    off = weight_bytes(policy, ref, ref.policy)
+    copy_path = weight_bytes(policy, frozen_reference(unload(copy.deepcopy(policy))))
+    return {"adapter_off": off, "frozen_copy": copy_path, "saved": copy_path - off}
+
+
 # ------------------------------------------------------------------------------ data and training
 @dataclass
 class DPOConfig:
@@ -319,12 +365,12 @@ def train_dpo(policy, train_set: PreferenceDataset, config: DPOConfig, train_con
               val_set: PreferenceDataset | None = None, reference=None) -> tuple[dict, object]:
     """Run DPO on ``policy`` (in place) with ``minillm.train.train``; returns (history, reference).
 
-    The reference is a frozen deep copy of the policy as it is now (unless given). With
-    ``config.precompute_ref_log_probs`` its log-probs are computed once for every pair and the loop never
-    calls it again.
+    The reference (unless given) is the policy with its adapter switched off if it has one, else a frozen
+    deep copy of the policy as it is now (``reference_for``). With ``config.precompute_ref_log_probs`` its
+    log-probs are computed once for every pair and the loop never calls it again.
     """
     if reference is None:
-        reference = frozen_reference(policy)
+        reference = reference_for(policy)
     if any(p.requires_grad for p in reference.parameters()):
         raise ValueError("train_dpo: the reference model must be frozen (see frozen_reference)")
     if config.precompute_ref_log_probs:
@@ -411,16 +457,20 @@ class DPOPhaseConfig:
 
 
 def run_dpo_phase(policy: Module, tokenizer, config: DPOPhaseConfig | None = None, *, pretrained=None,
-                  triplets: list[dict] | None = None, log: Callable[[str], None] = print) -> dict:
+                  triplets: list[dict] | None = None, log: Callable[[str], None] = print,
+                  peft: PeftConfig | None = None, save_sft: Callable[[Module], None] | None = None) -> dict:
     """The alignment phase end to end, on ``minillm.phases.preferences``' world prompts:
 
     1. (``sft_steps`` > 0) mixed-quality SFT on the preference prompts, so the model lands "in the middle";
     2. preference pairs (``make_pairs``): ``triplets`` if given, else sampled and judged, or offline;
-    3. DPO against a frozen copy of the SFT model (``train_on_pairs``);
+    3. DPO against a frozen copy of the SFT model (``train_on_pairs``), or with ``peft`` an adapter on the
+       SFT model trained against the same model with the adapter switched off (no copy of the weights);
     4. the behaviour table on held-out prompts (``behaviour_column``): before SFT (``pretrained``, if
        given), after SFT, after DPO with the KL of the DPO policy's own samples from the reference.
 
-    ``policy`` is trained in place. Returns a report dict (tables, pair stats, history, final metrics).
+    ``policy`` is trained in place; ``save_sft`` is called with the SFT model before DPO changes anything.
+    Returns a report dict (tables, pair stats, history, final metrics, the trained ``policy``: with a prefix
+    a wrapper around the given one, and with ``peft`` the measured ``reference_bytes``).
     """
     config = config or DPOPhaseConfig()
     if config.quick:
@@ -436,13 +486,19 @@ def run_dpo_phase(policy: Module, tokenizer, config: DPOPhaseConfig | None = Non
                            progress=config.progress)
         log(f"mixed-quality SFT: {config.sft_steps} steps on {len(mix)} demonstrations, loss "
             f"{h['loss'][0]:.3f} → {h['loss'][-1]:.3f}")
+    if save_sft is not None:
+        save_sft(policy)
     table["SFT"] = behaviour_column(policy, tokenizer, eval_prompts, **gen)
     triplets, examples, stats = make_pairs(policy, tokenizer, train_prompts, config, triplets)
     log(f"preference pairs: {stats}")
+    extra = {}
+    if peft is not None:
+        policy = get_peft_model(policy, peft)
+        extra["reference_bytes"] = reference_weight_bytes(policy)  # measured, see ``reference_line``
     history, reference, final = train_on_pairs(policy, examples, config, tokenizer.pad_id)
     table["DPO"] = behaviour_column(policy, tokenizer, eval_prompts, reference=reference, **gen)
     return {"table": table, "pairs": stats, "triplets": triplets, "history": history, "final": final,
-            "reference": reference, "eval_prompts": eval_prompts}
+            "reference": reference, "eval_prompts": eval_prompts, "policy": policy, **extra}
 
 
 def phase_prompts(tokenizer, context_length: int, quick: bool = False) -> tuple[list[dict], list[dict]]:
@@ -551,8 +607,12 @@ def format_behaviour_table(table: dict[str, dict]) -> str:
 # ------------------------------------------------------------------------------ command line
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``minillm dpo`` options (registered by ``minillm.cli``)."""
-    p.add_argument("--from", dest="from_ckpt", type=opt.input_file,
-                   help="SFT checkpoint to align (default: the shipped gpt_sft.npz)")
+    from minillm.models.auto import add_model_arguments
+    from minillm.phases.sft import add_peft_arguments
+
+    add_model_arguments(p, "--from", "from_ckpt", "SFT checkpoint to align, GPT or Llama (default: the "
+                                                  "shipped gpt_sft.npz)")
+    add_peft_arguments(p)
     p.add_argument("--before", type=opt.input_file,
                    help="also evaluate this checkpoint as the 'pre-trained' column")
     p.add_argument("--pairs", type=opt.input_file,
@@ -575,7 +635,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=opt.positive_float, default=0.7,
                    help="sampling temperature (pairs and eval)")
     p.add_argument("--out", type=opt.output_folder, default="runs/dpo",
-                   help="folder for gpt_dpo.npz, pairs.jsonl and the training checkpoint")
+                   help="folder for gpt_dpo.npz (with --peft: adapter.npz), pairs.jsonl and the training "
+                        "checkpoint")
     p.add_argument("--export-dtype", choices=["float32", "float16"], default=None)
     p.add_argument("--save-sft", type=opt.output_file,
                    help="also write the model after the mixed-quality SFT (the DPO reference)")
@@ -606,31 +667,59 @@ def phase_config(args: argparse.Namespace) -> DPOPhaseConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``minillm dpo``: run the alignment phase on a checkpoint, print the behaviour table, save the model."""
+    """``minillm dpo``: run the alignment phase on a checkpoint, print the behaviour table, save the model
+    (with ``--peft``: the adapter, or with ``--merge`` the model with LoRA folded in)."""
     from pathlib import Path
 
     from minillm import backend as Bk
-    from minillm.models.gpt import GPT
+    from minillm.models.auto import load_causal_lm, model_source
+    from minillm.phases.sft import peft_config_from_args
     from minillm.shipped import SHIPPED_SFT
 
-    src = args.from_ckpt or SHIPPED_SFT
+    src = str(model_source(args, "from_ckpt", SHIPPED_SFT))
     Bk.manual_seed(args.seed)
-    policy, tok = GPT.load_with_tokenizer(src)
-    before = GPT.load_with_tokenizer(args.before)[0] if args.before else None
+    policy, tok = load_causal_lm(src)
+    before = load_causal_lm(args.before)[0] if args.before else None
     triplets = P.read_triplets(args.pairs) if args.pairs else None
     config = replace(phase_config(args), checkpoint_dir=str(Path(args.out)))  # resumable checkpoint.npz there
-    res = run_dpo_phase(policy, tok, config, pretrained=before, triplets=triplets)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    peft = peft_config_from_args(args)
+    # an adapter names its base: the SFT model when this run fine-tunes one first
+    sft_path = args.save_sft or (str(out / "sft.npz") if peft and args.sft_steps and not args.merge else None)
+    save_sft = None if sft_path is None else lambda m: m.save_checkpoint(
+        sft_path, tok, dtype=args.export_dtype, extra={"sft_prefs": {"steps": args.sft_steps, "from": src}})
+    res = run_dpo_phase(policy, tok, config, pretrained=before, triplets=triplets, peft=peft,
+                        save_sft=save_sft)
     if not args.pairs:
         P.write_triplets(res["triplets"], out / "pairs.jsonl")
-    policy.save_checkpoint(out / "gpt_dpo.npz", tok, dtype=args.export_dtype,
-                           extra={"dpo": {"beta": args.beta, "loss_type": args.loss_type, "steps": args.steps,
-                                          "from": str(src)}})
-    if args.save_sft:
-        res["reference"].save_checkpoint(args.save_sft, tok, dtype=args.export_dtype,
-                                         extra={"sft_prefs": {"steps": args.sft_steps, "from": str(src)}})
+    written = write_dpo_model(res["policy"], tok, args, peft, base=sft_path or str(src))
     print(format_behaviour_table(res["table"]))
     print("final DPO metrics (held-out pairs): " + ", ".join(f"{k} {v:.3f}" for k, v in res["final"].items()))
-    print(f"wrote {out / 'gpt_dpo.npz'}" + ("" if args.pairs else f" and {out / 'pairs.jsonl'}"))
+    print(reference_line(res))
+    print(f"wrote {written}" + ("" if args.pairs else f" and {out / 'pairs.jsonl'}"))
     return 0
+
+
+def write_dpo_model(policy: Module, tokenizer, args: argparse.Namespace, peft: PeftConfig | None, base: str):
+    """Write the aligned model into ``--out``: gpt_dpo.npz, or with ``--peft`` adapter.npz naming ``base``
+    (gpt_dpo.npz again with ``--merge``); returns the path written."""
+    from pathlib import Path
+
+    from minillm.phases.sft import save_peft_result
+
+    extra = {"dpo": {"beta": args.beta, "loss_type": args.loss_type, "steps": args.steps, "from": base}}
+    path = Path(args.out) / ("adapter.npz" if peft and not args.merge else "gpt_dpo.npz")
+    if peft:
+        save_peft_result(policy, peft, path, tokenizer, base, args.merge, args.export_dtype, extra)
+    else:
+        policy.save_checkpoint(path, tokenizer, dtype=args.export_dtype, extra=extra)
+    return path
+
+
+def reference_line(res: dict) -> str:
+    """What the DPO reference was and, with an adapter, the weight bytes it saved (measured)."""
+    if "reference_bytes" not in res:
+        return f"reference: a frozen copy of the SFT model ({weight_bytes(res['reference']) / 1e6:.1f} MB)"
+    saved = res["reference_bytes"]["saved"]
+    return f"reference: adapter off, saves {saved / 1e6:.1f} MB ({saved:,d} bytes) vs a frozen copy"

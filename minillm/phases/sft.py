@@ -20,7 +20,15 @@ import numpy
 
 from minillm import options as opt
 from minillm.chat import template as chat
-from minillm.models.gpt import GPT
+from minillm.models.auto import add_model_arguments, model_source
+from minillm.peft.peft_model import (
+    MERGEABLE,
+    PEFT_TYPES,
+    PeftConfig,
+    get_peft_model,
+    merge_peft,
+    save_adapter,
+)
 from minillm.train import TrainConfig, train
 
 TASKS = ("code", "cot", "direct", "cot+direct", "tools", "mix")
@@ -278,11 +286,91 @@ def print_report(res: dict) -> None:
             print(f"  {k:<28} {v}")
 
 
+# ------------------------------------------------------------------------------------------- PEFT options
+LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout")
+
+
+def add_peft_arguments(p) -> None:
+    """``--peft lora|qlora|prefix|adapter`` and each method's sizes, with Hugging Face PEFT's names; an option
+    that does not belong to the chosen method is rejected while parsing (``check_peft_arguments``)."""
+    g = p.add_argument_group("parameter-efficient fine-tuning (Hugging Face PEFT's names)")
+    g.add_argument("--peft", choices=PEFT_TYPES, default=None,
+                   help="train only an adapter on the frozen model and write the adapter alone")
+    g.add_argument("--lora-r", type=opt.positive_int, default=None, help="LoRA rank (lora/qlora; default 8)")
+    g.add_argument("--lora-alpha", type=opt.positive_float, default=None,
+                   help="LoRA scale numerator: s = alpha / r (default 16)")
+    g.add_argument("--lora-dropout", type=opt.probability, default=None, help="dropout on LoRA's input")
+    g.add_argument("--target-modules", type=module_names, default=None,
+                   help="comma list of module names to adapt (lora/qlora default q_proj,v_proj; adapter "
+                        "default attn,mlp)")
+    g.add_argument("--num-virtual-tokens", type=opt.positive_int, default=None,
+                   help="prefix length (prefix; default 8)")
+    g.add_argument("--bottleneck", type=opt.positive_int, default=None,
+                   help="adapter bottleneck width m (adapter; default 16)")
+    g.add_argument("--merge", action="store_true",
+                   help="write a full checkpoint with LoRA folded in (lora/qlora), not the adapter alone")
+    parse = p.parse_known_args
+
+    def parse_and_check(args=None, namespace=None):
+        ns, rest = parse(args, namespace)
+        problem = check_peft_arguments(ns)
+        if problem:
+            p.error(problem)
+        return ns, rest
+
+    p.parse_known_args = parse_and_check  # argparse has no cross-option hook: check right after parsing
+
+
+def module_names(text: str) -> tuple:
+    """An option type: comma-separated module names (``q_proj,v_proj``)."""
+    import argparse
+
+    names = tuple(t.strip() for t in text.split(","))
+    if not all(n.replace("_", "").replace(".", "").isalnum() for n in names):
+        raise argparse.ArgumentTypeError(f"must be module names separated by commas, got {text!r}")
+    return names
+
+
+def check_peft_arguments(args) -> str | None:
+    """What is wrong with the combination of PEFT options, in one line, or None."""
+    needs = {**{o: MERGEABLE for o in LORA_OPTIONS}, "target_modules": ("lora", "qlora", "adapter"),
+             "num_virtual_tokens": ("prefix",), "bottleneck": ("adapter",)}
+    for option, methods in needs.items():
+        if getattr(args, option) is not None and args.peft not in methods:
+            return (f"--{option.replace('_', '-')} needs --peft {' or '.join(methods)}"
+                    + (f", not {args.peft}" if args.peft else ""))
+    if args.merge and args.peft not in MERGEABLE:
+        return ("--merge folds LoRA into the weights: it needs --peft lora or qlora"
+                + (f" ({args.peft} cannot be merged)" if args.peft else ""))
+    return None
+
+
+def peft_config_from_args(args) -> PeftConfig | None:
+    """The PEFT options as a ``PeftConfig`` (defaults for those not given), or None without ``--peft``."""
+    if not args.peft:
+        return None
+    given = {k: getattr(args, k) for k in (*LORA_OPTIONS[1:], "target_modules", "num_virtual_tokens",
+                                           "bottleneck") if getattr(args, k) is not None}
+    if args.lora_r is not None:
+        given["r"] = args.lora_r
+    return PeftConfig(args.peft, **given)
+
+
+def save_peft_result(model, config: PeftConfig, path, tokenizer, base: str, merge: bool = False,
+                     dtype: str | None = None, extra: dict | None = None) -> None:
+    """Write what a ``--peft`` run made: the adapter alone (naming its ``base``), or with ``merge`` a full
+    checkpoint with LoRA folded in that loads like any other."""
+    if merge:
+        merge_peft(model).save_checkpoint(path, tokenizer, dtype=dtype, extra=extra)
+    else:
+        save_adapter(model, config, path, base)
+
+
 def add_arguments(p) -> None:
     """The ``minillm sft`` options."""
     p.add_argument("--task", choices=TASKS, default="mix")
-    p.add_argument("--from", dest="from_ckpt", type=opt.input_file,
-                   help="GPT checkpoint to start from (default: gpt_tiny)")
+    add_model_arguments(p, "--from", "from_ckpt", "checkpoint to start from, GPT or Llama (default gpt_tiny)")
+    add_peft_arguments(p)
     p.add_argument("--data", type=opt.input_file,
                    help="JSONL conversations to train on instead of the built-in task data")
     p.add_argument("--out", type=opt.output_file, default="runs/sft/model.npz",
@@ -300,15 +388,29 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    """``minillm sft --task code|cot|direct|cot+direct|tools|mix --from CKPT``."""
+    """``minillm sft --task code|cot|direct|cot+direct|tools|mix --from CKPT`` (``--peft``: an adapter)."""
+    from minillm.backend import manual_seed
+    from minillm.models.auto import load_causal_lm
+    from minillm.peft.lora import print_trainable_parameters
     from minillm.shipped import SHIPPED_GPT
 
-    model, tok = GPT.load_with_tokenizer(args.from_ckpt or SHIPPED_GPT)
+    source = model_source(args, "from_ckpt", SHIPPED_GPT)
+    model, tok = load_causal_lm(source)
+    peft = peft_config_from_args(args)
+    if peft:
+        manual_seed(args.seed)  # the adapter's initial weights: the same command gives the same adapter
+        model = get_peft_model(model, peft)
+        print_trainable_parameters(model)
     res = run_sft(model, tok, task=args.task, steps=args.steps, n_train=args.n_train, n_eval=args.n_eval,
-                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, data=args.data,
-                  evaluate=not args.no_eval, progress=not args.no_progress, out_dtype=args.export_dtype,
+                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=None if peft else args.out,
+                  data=args.data, evaluate=not args.no_eval, progress=not args.no_progress,
+                  out_dtype=args.export_dtype,
                   checkpoint_dir=str(Path(args.out).parent) if args.out else None)
     print_report(res)
+    if peft and args.out:
+        save_peft_result(model, peft, args.out, tok, str(source), args.merge, args.export_dtype,
+                         extra={"sft": {"task": args.task, "steps": args.steps, "peft": peft.peft_type}})
     if args.out:
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out}" + ("" if not peft else " (LoRA merged in)" if args.merge else
+                                     f" (the {peft.peft_type} adapter alone; minillm generate --adapter)"))
     return 0
