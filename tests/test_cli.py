@@ -115,3 +115,11 @@ def test_the_command_reports_bad_input_in_one_line(argv, expect, tmp_path):
     r = subprocess.run([sys.executable, "-m", "minillm", *argv], capture_output=True, text=True,
                        env={**env, "MINILLM_TRACEBACK": "1"}, timeout=120)
     assert r.returncode == 1 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_prints_its_help(command, capsys):
+    """``--help`` formats every option's help (a stray ``%`` in one breaks argparse for the whole command)."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and f"minillm {command}" in capsys.readouterr().out

@@ -101,7 +101,7 @@ OBJECTIVES = {
 def add_arguments(p) -> None:
     """The ``minillm pretrain`` options (every objective shares them; each reads the ones it needs)."""
     p.add_argument("--objective", choices=list(OBJECTIVES), default="clm",
-                   help="; ".join(f"{k} = {v}" for k, v in OBJECTIVES.items()))
+                   help="; ".join(f"{k} = {v}" for k, v in OBJECTIVES.items()).replace("%", "%%"))
     p.add_argument("--data", type=opt.input_file,
                    help="a UTF-8 text file (default: the built-in world stories)")
     p.add_argument("--num-stories", type=opt.positive_int, default=20_000, help="size of the built-in corpus")
