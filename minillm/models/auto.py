@@ -8,10 +8,12 @@ from pathlib import Path
 
 from minillm.checkpoint import CheckpointError, load
 from minillm.models.gpt import GPT
+from minillm.models.hf import model_type
 from minillm.models.llama import Llama
 from minillm.tokenizer import BPETokenizer
 
 CAUSAL_LMS = {"gpt": GPT, "llama": Llama}  # checkpoint kind -> class
+PRETRAINED = {"gpt2": GPT, "llama": Llama}  # config.json model_type -> class
 
 
 def causal_lm_class(path) -> type[GPT] | type[Llama]:
@@ -29,10 +31,22 @@ def load_causal_lm(source) -> tuple[GPT | Llama, BPETokenizer]:
     """(model, tokenizer) from a minillm checkpoint file or a Hugging Face model directory."""
     source = Path(source)
     if source.is_dir():
-        from minillm.models.hf import load_pretrained
-
         return load_pretrained(source)
     return causal_lm_class(source).load_with_tokenizer(source)
+
+
+def load_pretrained(directory) -> tuple[GPT | Llama, BPETokenizer]:
+    """(model, tokenizer) from a Hugging Face folder, the class chosen by config.json's ``model_type``."""
+    kind = model_type(directory)
+    if kind not in PRETRAINED:
+        raise ValueError(f"{directory}: config.json has model_type {kind!r}; minillm loads "
+                         f"{', '.join(map(repr, PRETRAINED))}")
+    model = PRETRAINED[kind].from_pretrained(directory)
+    tokenizer = BPETokenizer.from_pretrained(directory)
+    if tokenizer.vocab_size > model.config.vocab_size:  # its ids would index past the embedding
+        raise CheckpointError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, more than the "
+                              f"model's vocab_size {model.config.vocab_size}")
+    return model, tokenizer
 
 
 def add_model_arguments(p, flag: str, dest: str, help: str) -> None:

@@ -24,6 +24,16 @@ from minillm.models.common import (
     with_tokenizer,
     write_checkpoint,
 )
+from minillm.models.hf import (
+    HFName,
+    checked,
+    load_model,
+    read_config,
+    read_weights,
+    require,
+    save_model,
+    token_ids,
+)
 from minillm.tensor import Tensor, no_grad
 from minillm.tokenizer import BPETokenizer
 
@@ -44,6 +54,70 @@ class GPTConfig:
             self.d_ff = 4 * self.d_model if isinstance(self.d_model, int) else self.d_model
         check_config(self, positive=("vocab_size", "context_length", "d_model", "n_heads", "n_layers",
                                      "d_ff"))
+
+
+# minillm parameter → its place in transformers' GPT2LMHeadModel ({i}: layer). GPT-2's Linear layers are
+# Conv1D, weight stored (in, out): transposed both ways. Its fused c_attn (d, 3d) holds q, k and v side by
+# side; minillm keeps three Linears: thirds 0, 1, 2 of the transposed (3d, d) matrix and its bias.
+HF_NAMES = {
+    "tok_emb.weight":                  HFName("transformer.wte.weight"),
+    "pos_emb.weight":                  HFName("transformer.wpe.weight"),
+    "blocks.{i}.ln_1.weight":          HFName("transformer.h.{i}.ln_1.weight"),
+    "blocks.{i}.ln_1.bias":            HFName("transformer.h.{i}.ln_1.bias"),
+    "blocks.{i}.attn.q_proj.weight":   HFName("transformer.h.{i}.attn.c_attn.weight", True, (0, 3)),
+    "blocks.{i}.attn.k_proj.weight":   HFName("transformer.h.{i}.attn.c_attn.weight", True, (1, 3)),
+    "blocks.{i}.attn.v_proj.weight":   HFName("transformer.h.{i}.attn.c_attn.weight", True, (2, 3)),
+    "blocks.{i}.attn.q_proj.bias":     HFName("transformer.h.{i}.attn.c_attn.bias", part=(0, 3)),
+    "blocks.{i}.attn.k_proj.bias":     HFName("transformer.h.{i}.attn.c_attn.bias", part=(1, 3)),
+    "blocks.{i}.attn.v_proj.bias":     HFName("transformer.h.{i}.attn.c_attn.bias", part=(2, 3)),
+    "blocks.{i}.attn.out_proj.weight": HFName("transformer.h.{i}.attn.c_proj.weight", True),
+    "blocks.{i}.attn.out_proj.bias":   HFName("transformer.h.{i}.attn.c_proj.bias"),
+    "blocks.{i}.ln_2.weight":          HFName("transformer.h.{i}.ln_2.weight"),
+    "blocks.{i}.ln_2.bias":            HFName("transformer.h.{i}.ln_2.bias"),
+    "blocks.{i}.mlp.up_proj.weight":   HFName("transformer.h.{i}.mlp.c_fc.weight", True),
+    "blocks.{i}.mlp.up_proj.bias":     HFName("transformer.h.{i}.mlp.c_fc.bias"),
+    "blocks.{i}.mlp.down_proj.weight": HFName("transformer.h.{i}.mlp.c_proj.weight", True),
+    "blocks.{i}.mlp.down_proj.bias":   HFName("transformer.h.{i}.mlp.c_proj.bias"),
+    "ln_f.weight":                     HFName("transformer.ln_f.weight"),
+    "ln_f.bias":                       HFName("transformer.ln_f.bias"),
+    "lm_head.weight":                  HFName("lm_head.weight"),  # absent when tied to wte
+}
+# F.gelu is the tanh approximation: transformers' "gelu_new" (GPT-2's) and "gelu_pytorch_tanh" compute it
+GELUS = ("gelu_new", "gelu_pytorch_tanh")
+
+
+def config_from_hf(hf: dict, where) -> GPTConfig:
+    """A GPTConfig from a GPT2Config dict; ValueError on settings minillm's GPT cannot represent (its
+    LayerNorm eps is fixed at 1e-5, its GELU the tanh one). Dropout: ``resid_pdrop``."""
+    require(hf, where, model_type=("gpt2",), activation_function=GELUS, layer_norm_epsilon=(1e-5,),
+            scale_attn_weights=(True,), scale_attn_by_inverse_layer_idx=(False,),
+            add_cross_attention=(False,))
+    return checked(GPTConfig, where, vocab_size=hf.get("vocab_size", 50257),
+                   context_length=hf.get("n_positions", 1024), d_model=hf.get("n_embd", 768),
+                   n_heads=hf.get("n_head", 12), n_layers=hf.get("n_layer", 12), d_ff=hf.get("n_inner"),
+                   dropout=hf.get("resid_pdrop", 0.1), tie_weights=hf.get("tie_word_embeddings", True))
+
+
+def config_to_hf(c: GPTConfig) -> dict:
+    """The GPT2Config dict (config.json) of ``c``."""
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
+            "n_positions": c.context_length, "n_embd": c.d_model, "n_head": c.n_heads, "n_layer": c.n_layers,
+            "n_inner": c.d_ff, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+            "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
+            "tie_word_embeddings": c.tie_weights, "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}
+
+
+def gpt2_tensors(tensors: dict) -> dict:
+    """transformers' names for a GPT-2 state dict: OpenAI's original upload lacks the ``transformer.``
+    prefix, and older files keep each layer's causal-mask buffers (``attn.bias``, ``attn.masked_bias``)."""
+    bare = not any(k.startswith("transformer.") for k in tensors)
+    out = {}
+    for k, v in tensors.items():
+        if k.endswith((".attn.bias", ".attn.masked_bias")):
+            continue
+        out[f"transformer.{k}" if bare and k != "lm_head.weight" else k] = v
+    return out
 
 
 class GPT(nn.Module):
@@ -135,6 +209,20 @@ class GPT(nn.Module):
         """
         tok = {} if tokenizer is None else {"tokenizer": json.dumps(tokenizer.to_dict(), ensure_ascii=False)}
         write_checkpoint(path, "gpt", self, {**tok, **(extra or {})}, dtype=dtype)
+
+    def save_pretrained(self, directory, tokenizer=None, dtype: str | None = None) -> None:
+        """Write a Hugging Face GPT-2 folder (config.json, model.safetensors, the tokenizer's files when
+        given) that transformers' GPT2LMHeadModel loads. ``dtype`` ("float16", "float32" or "float64")
+        converts the weights; default: the parameters' own dtype."""
+        hf = {**config_to_hf(self.config), **token_ids(tokenizer, self.config.vocab_size)}
+        save_model(self, directory, hf, HF_NAMES, tokenizer, dtype)
+
+    @classmethod
+    def from_pretrained(cls, directory, dtype=None) -> GPT:
+        """The GPT in a Hugging Face GPT-2 folder (config.json + model.safetensors, or its shards), in eval
+        mode; ``dtype`` (e.g. numpy.float64) sets the parameters' dtype (default: the backend's)."""
+        config = config_from_hf(read_config(directory), directory)
+        return load_model(cls, config, gpt2_tensors(read_weights(directory)), HF_NAMES, directory, dtype)
 
     @classmethod
     def load_with_tokenizer(cls, path) -> tuple[GPT, BPETokenizer]:

@@ -1,17 +1,17 @@
-"""Hugging Face model folders, from scratch: the safetensors format, ``config.json``, and the steps that
-``GPT`` and ``Llama``'s ``from_pretrained``/``save_pretrained`` share (each keeps its own name map).
+"""Hugging Face model folders: ``config.json``, ``model.safetensors`` read and written with the
+``safetensors`` package (``pip install 'minillm[hf]'``), and the steps that ``GPT`` and ``Llama``'s
+``from_pretrained``/``save_pretrained`` share (each keeps its own name map).
 
-safetensors (https://github.com/huggingface/safetensors): an 8-byte little-endian header length n, n bytes
-of JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}`` (offsets
-counted from the end of the header), then the tensors' raw little-endian bytes, C order. NumPy has no
-bfloat16: BF16 is read as float32 (its 16 bits are float32's upper half) and written from float32 by
-rounding to nearest, ties to even. This module knows no model: ``gpt.py`` and ``llama.py`` import it.
+A safetensors file is an 8-byte header length, a JSON header (each tensor's dtype, shape and byte range,
+plus ``__metadata__``) and the raw little-endian bytes; the package parses and validates it, this module
+turns its entries into NumPy arrays. NumPy has no bfloat16: BF16 tensors (most Llama-family checkpoints)
+are read as float32 exactly, since a bfloat16 is the upper half of a float32. This module knows no model:
+``gpt.py`` and ``llama.py`` import it.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,19 +25,20 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"  # a sharded checkpoint: {"weight_map": {name: shard file}}
 
-# safetensors dtype ↔ NumPy dtype (little-endian); BF16 has no NumPy dtype and is handled apart
+# safetensors dtype code → NumPy dtype (little-endian); BF16 has no NumPy dtype and is widened to float32
 DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4"}
-NAME_OF = {numpy.dtype(v): k for k, v in DTYPES.items()}
-WRITE_AS = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+WRITE_DTYPES = ("float64", "float32", "float16")
 
 
-# ---------------------------------------------------------------------------------------------- bfloat16
-def bf16_bits(a) -> numpy.ndarray:
-    """float32 → the uint16 bit patterns of the nearest bfloat16 (ties to even; NaN stays a quiet NaN)."""
-    u = numpy.ascontiguousarray(a, dtype=numpy.float32).view(numpy.uint32)
-    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16  # add half an ulp, plus 1 if the kept part is odd
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    return numpy.where(nan, (u >> 16) | 0x0040, rounded).astype(numpy.uint16)
+def safetensors_package():
+    """The ``safetensors`` package, or ImportError saying how to install it."""
+    try:
+        import safetensors
+        import safetensors.numpy  # noqa: F401  (the writer)
+    except ImportError:
+        raise ImportError("Hugging Face model folders need the safetensors package: "
+                          "pip install 'minillm[hf]'") from None
+    return safetensors
 
 
 def from_bf16_bits(bits) -> numpy.ndarray:
@@ -46,88 +47,46 @@ def from_bf16_bits(bits) -> numpy.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- safetensors
-def _header(raw: bytes, path: Path) -> tuple[dict, int]:
-    """(the JSON header, where the data starts), or CheckpointError naming ``path``."""
-    if len(raw) < 8:
-        raise CheckpointError(f"{path} is not a safetensors file (shorter than its 8-byte header length)")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > len(raw) - 8:
-        raise CheckpointError(f"{path}: header length {n} runs past the end of the {len(raw)}-byte file")
-    try:
-        header = json.loads(raw[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: the safetensors header is not valid JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
-    return header, 8 + n
-
-
-def _entry(name: str, info: Any, path: Path, data_size: int) -> tuple[str, tuple[int, ...], int, int]:
-    """(dtype, shape, begin, end) of one header entry, checked against the data's size."""
-    try:
-        dtype, shape, (begin, end) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
-    except (TypeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from e
-    if dtype not in DTYPES and dtype != "BF16":
-        raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r}; minillm reads "
+def _array(name: str, entry: dict, path: Path) -> numpy.ndarray:
+    """One deserialized entry ({"dtype", "shape", "data": bytes}) as a writable NumPy array."""
+    code, shape = entry["dtype"], tuple(entry["shape"])
+    if code == "BF16":
+        return from_bf16_bits(numpy.frombuffer(entry["data"], "<u2")).reshape(shape)
+    if code not in DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {code!r}; minillm reads "
                               f"{', '.join([*DTYPES, 'BF16'])}")
-    itemsize = 2 if dtype == "BF16" else numpy.dtype(DTYPES[dtype]).itemsize
-    if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_size) \
-            or end - begin != itemsize * int(numpy.prod(shape)) or min(shape, default=0) < 0:
-        raise CheckpointError(f"{path}: tensor {name!r} ({dtype} {list(shape)}) has data_offsets "
-                              f"{[begin, end]} that do not fit its shape or the {data_size} data bytes")
-    return dtype, shape, begin, end
+    return numpy.frombuffer(entry["data"], DTYPES[code]).reshape(shape).astype(DTYPES[code][1:])
 
 
 def read_safetensors(path) -> dict[str, numpy.ndarray]:
     """Every tensor in safetensors file ``path`` as a NumPy array (BF16 widened to float32).
 
     A missing file → FileNotFoundError, a malformed one → CheckpointError, each naming the file."""
+    st = safetensors_package()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
-    raw = path.read_bytes()
-    header, start = _header(raw, path)
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype, shape, begin, end = _entry(name, info, path, len(raw) - start)
-        chunk = raw[start + begin:start + end]
-        if dtype == "BF16":
-            out[name] = from_bf16_bits(numpy.frombuffer(chunk, "<u2")).reshape(shape)
-        else:  # a copy in native byte order, not a read-only view of the file's bytes
-            out[name] = numpy.frombuffer(chunk, DTYPES[dtype]).reshape(shape).astype(DTYPES[dtype][1:])
-    return out
+    try:
+        entries = st.deserialize(path.read_bytes())
+    except st.SafetensorError as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
+    return {name: _array(name, entry, path) for name, entry in entries}
 
 
 def write_safetensors(path, tensors: dict, dtype: str | None = None) -> None:
-    """Write ``tensors`` (name → array) as safetensors, atomically: keys sorted, metadata {"format": "pt"},
-    the header padded with spaces to a multiple of 8 bytes, as the reference writer does.
-
-    ``dtype`` ("float32", "float64", "float16", "bfloat16") converts the floating-point tensors; without
-    it each keeps its own dtype (float64/32/16, int64/32)."""
-    if dtype is not None and dtype not in WRITE_AS:
-        raise ValueError(f"write_safetensors: dtype must be one of {sorted(WRITE_AS)}, got {dtype!r}")
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    blobs, offset = [], 0
-    for name in sorted(tensors):
-        a = numpy.asarray(B.to_numpy(tensors[name]))
-        floating = dtype is not None and a.dtype.kind == "f"
-        code = WRITE_AS[dtype] if floating else NAME_OF.get(a.dtype.newbyteorder("<"))
-        if code is None:
-            raise ValueError(f"write_safetensors: tensor {name!r} has dtype {a.dtype}; safetensors files "
-                             f"here hold {', '.join(sorted(WRITE_AS))}, int64 or int32")
-        blob = bf16_bits(a).astype("<u2").tobytes() if code == "BF16" else a.astype(DTYPES[code]).tobytes()
-        header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
+    """Write ``tensors`` (name → array) as safetensors with metadata {"format": "pt"} (what transformers
+    expects), atomically. ``dtype`` ("float32", "float64", "float16") converts the floating-point tensors;
+    without it each keeps its own dtype."""
+    st = safetensors_package()
+    if dtype is not None and dtype not in WRITE_DTYPES:
+        raise ValueError(f"write_safetensors: dtype must be one of {', '.join(WRITE_DTYPES)}, got {dtype!r}")
+    arrays = {}
+    for name, value in tensors.items():
+        a = numpy.asarray(B.to_numpy(value))
+        a = a.astype(dtype) if dtype is not None and a.dtype.kind == "f" else a
+        arrays[name] = numpy.array(a, dtype=a.dtype.newbyteorder("<"), order="C")  # 0-d stays 0-d
     with atomic_write(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        for blob in blobs:
-            f.write(blob)
+        f.write(st.numpy.save(arrays, metadata={"format": "pt"}))
 
 
 # ---------------------------------------------------------------------------------------------- folders
@@ -198,8 +157,9 @@ def from_hf(tensors: dict, names: dict[str, HFName], where) -> dict[str, numpy.n
     missing = sorted({hf.name for hf in names.values()} - set(tensors))
     unused = sorted(set(tensors) - {hf.name for hf in names.values()})
     if missing or unused:
-        raise CheckpointError(f"{where}: weights do not match the config: missing {missing[:8]}, "
-                              f"unexpected {unused[:8]}")
+        parts = [f"{what} {names[:8]}{' ...' if len(names) > 8 else ''}"
+                 for what, names in (("missing", missing), ("unexpected", unused)) if names]
+        raise CheckpointError(f"{where}: the weights do not match config.json: {'; '.join(parts)}")
     state = {}
     for ours, hf in names.items():
         a = tensors[hf.name].T if hf.transpose else tensors[hf.name]
@@ -232,17 +192,36 @@ def require(config: dict, where, **allowed: tuple) -> None:
                              f"(supported: {', '.join(map(repr, values))})")
 
 
+def checked(config_cls: type, where, **fields: Any) -> Any:
+    """``config_cls(**fields)``, its ValueError (a bad or inconsistent value) naming the folder."""
+    try:
+        return config_cls(**fields)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: config.json does not make a valid {config_cls.__name__}: {e}") from None
+
+
 def model_type(directory) -> str:
     """config.json's ``model_type`` ("gpt2", "llama", ...), or "" when it names none."""
     return str(read_config(directory).get("model_type", ""))
 
 
-def build(cls: type, config: Any, state: dict, dtype=None) -> Any:
-    """``cls(config)`` holding ``state``, its parameters in ``dtype`` (default: the backend's), in eval mode
-    as transformers returns it. The random initialisation it overwrites leaves minillm's RNG as it was."""
+def _tied(names: dict[str, HFName], config: Any) -> dict[str, HFName]:
+    """The name map without ``lm_head.weight`` when the head is the token embedding (stored once)."""
+    return {k: v for k, v in names.items() if not (config.tie_weights and k == "lm_head.weight")}
+
+
+def load_model(cls: type, config: Any, tensors: dict, names: dict[str, HFName], where, dtype=None) -> Any:
+    """``cls(config)`` holding transformers' ``tensors`` (mapped by ``names``), its parameters in ``dtype``
+    (default: the backend's), in eval mode as transformers returns it. minillm's RNG is left as it was."""
+    names = _tied(expand(names, config.n_layers), config)
+    if config.tie_weights:  # some writers store the tied head too: it is the embedding again
+        tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
+    state = from_hf(tensors, names, where)
+    if config.tie_weights:
+        state["lm_head.weight"] = state["tok_emb.weight"]
     rng = B.get_rng_state()
     try:
-        model = cls(config)
+        model = cls(config)  # its random initialisation is overwritten below
     finally:
         B.set_rng_state(rng)
     if dtype is not None:
@@ -252,19 +231,17 @@ def build(cls: type, config: Any, state: dict, dtype=None) -> Any:
     return model.eval()
 
 
-def state_of(model: nn.Module) -> dict[str, numpy.ndarray]:
-    """The model's state dict as host NumPy arrays."""
-    return {k: B.to_numpy(v) for k, v in model.state_dict().items()}
-
-
-def save_folder(directory, config: dict, tensors: dict, tokenizer=None, dtype: str | None = None) -> None:
-    """Write a model folder: config.json, model.safetensors (``dtype`` as in ``write_safetensors``) and,
-    when given, the tokenizer's files (its ``save_pretrained``)."""
+def save_model(model: nn.Module, directory, config: dict, names: dict[str, HFName], tokenizer=None,
+               dtype: str | None = None) -> None:
+    """Write a model folder: ``config`` as config.json, the weights (mapped by ``names``; ``dtype`` as in
+    ``write_safetensors``) as model.safetensors and, when given, the tokenizer's files."""
+    if dtype is not None and dtype not in WRITE_DTYPES:  # before anything is written
+        raise ValueError(f"save_pretrained: dtype must be one of {', '.join(WRITE_DTYPES)}, got {dtype!r}")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    if dtype is not None:
-        config = {**config, "dtype": dtype}
-    write_config(d, config)
+    names = _tied(expand(names, model.config.n_layers), model.config)
+    tensors = to_hf({k: B.to_numpy(v) for k, v in model.state_dict().items()}, names)
+    write_config(d, {**config, "dtype": dtype or str(model.tok_emb.weight.dtype)})
     write_safetensors(d / WEIGHTS, tensors, dtype=dtype)
     if tokenizer is not None:
         tokenizer.save_pretrained(d)

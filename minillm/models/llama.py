@@ -11,7 +11,7 @@ It is GPT-2 (``gpt.py``) with four changes, each a line or two below:
 
 No biases anywhere; the LM head is untied by default (``tie_weights``). Module names follow ``gpt.py``
 (``blocks.i.attn.q_proj``, ``blocks.i.mlp.down_proj``, ...) so LoRA, QLoRA, prefixes and adapters target it
-the same way; ``minillm.models.hf`` maps them to and from Hugging Face's ``LlamaForCausalLM`` names.
+the same way; ``HF_NAMES`` below maps them to and from Hugging Face's ``LlamaForCausalLM`` names.
 """
 
 from __future__ import annotations
@@ -31,6 +31,16 @@ from minillm.models.common import (
     past_length,
     with_tokenizer,
     write_checkpoint,
+)
+from minillm.models.hf import (
+    HFName,
+    checked,
+    load_model,
+    read_config,
+    read_weights,
+    require,
+    save_model,
+    token_ids,
 )
 from minillm.tensor import Tensor, concat, no_grad
 from minillm.tokenizer import BPETokenizer
@@ -63,6 +73,66 @@ class LlamaConfig:
             raise ValueError(f"LlamaConfig: head size {self.d_model // self.n_heads} must be even for RoPE")
         if self.rope_theta <= 1 or self.rms_norm_eps <= 0:
             raise ValueError("LlamaConfig: rope_theta must be > 1 and rms_norm_eps > 0")
+
+
+# minillm parameter → its place in transformers' LlamaForCausalLM ({i}: layer), every array as it is.
+# RoPE needs no permutation of q_proj/k_proj rows: F.rope pairs element i with i + head_dim/2
+# ("rotate_half"), as transformers does. (Meta's original checkpoints pair 2i with 2i+1; transformers'
+# convert_llama_weights_to_hf permutes their rows into the rotate_half layout a Hugging Face folder has.)
+HF_NAMES = {
+    "tok_emb.weight":                  HFName("model.embed_tokens.weight"),
+    "blocks.{i}.ln_1.weight":          HFName("model.layers.{i}.input_layernorm.weight"),
+    "blocks.{i}.attn.q_proj.weight":   HFName("model.layers.{i}.self_attn.q_proj.weight"),
+    "blocks.{i}.attn.k_proj.weight":   HFName("model.layers.{i}.self_attn.k_proj.weight"),
+    "blocks.{i}.attn.v_proj.weight":   HFName("model.layers.{i}.self_attn.v_proj.weight"),
+    "blocks.{i}.attn.out_proj.weight": HFName("model.layers.{i}.self_attn.o_proj.weight"),
+    "blocks.{i}.ln_2.weight":          HFName("model.layers.{i}.post_attention_layernorm.weight"),
+    "blocks.{i}.mlp.gate_proj.weight": HFName("model.layers.{i}.mlp.gate_proj.weight"),
+    "blocks.{i}.mlp.up_proj.weight":   HFName("model.layers.{i}.mlp.up_proj.weight"),
+    "blocks.{i}.mlp.down_proj.weight": HFName("model.layers.{i}.mlp.down_proj.weight"),
+    "ln_f.weight":                     HFName("model.norm.weight"),
+    "lm_head.weight":                  HFName("lm_head.weight"),  # absent when tied to embed_tokens
+}
+
+
+def rope_theta(hf: dict, where) -> float:
+    """RoPE's base from ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling`` (4.x);
+    ValueError for a scaled RoPE (linear, dynamic, YaRN, Llama 3's), which minillm's F.rope does not do."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    require({"rope_type": params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))},
+            where, rope_type=("default",))
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def config_from_hf(hf: dict, where) -> LlamaConfig:
+    """A LlamaConfig from a transformers LlamaConfig dict; ValueError on what minillm's Llama cannot
+    represent: biases, another activation, a scaled RoPE, head_dim other than hidden_size/heads."""
+    require(hf, where, model_type=("llama",), hidden_act=("silu",), attention_bias=(False,),
+            mlp_bias=(False,))
+    d, heads = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
+    if hf.get("head_dim") is not None and hf["head_dim"] * heads != d:
+        raise ValueError(f"{where}: head_dim={hf['head_dim']!r} is not supported by minillm (its head size "
+                         f"is hidden_size / num_attention_heads = {d}/{heads})")
+    return checked(LlamaConfig, where, vocab_size=hf.get("vocab_size", 32000),
+                   context_length=hf.get("max_position_embeddings", 2048), d_model=d, n_heads=heads,
+                   n_kv_heads=hf.get("num_key_value_heads"), n_layers=hf.get("num_hidden_layers", 32),
+                   d_ff=hf.get("intermediate_size", 11008), rope_theta=rope_theta(hf, where),
+                   rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+                   tie_weights=hf.get("tie_word_embeddings", False), dropout=hf.get("attention_dropout", 0.0))
+
+
+def config_to_hf(c: LlamaConfig) -> dict:
+    """The transformers LlamaConfig dict (config.json) of ``c``: RoPE's base both as transformers 5's
+    ``rope_parameters`` and 4.x's ``rope_theta``."""
+    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": c.vocab_size,
+            "max_position_embeddings": c.context_length, "hidden_size": c.d_model,
+            "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
+            "head_dim": c.d_model // c.n_heads, "num_hidden_layers": c.n_layers, "intermediate_size": c.d_ff,
+            "hidden_act": "silu", "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+            "tie_word_embeddings": c.tie_weights, "attention_bias": False, "mlp_bias": False,
+            "attention_dropout": c.dropout}
 
 
 class LlamaAttention(nn.Module):
@@ -221,6 +291,21 @@ class Llama(nn.Module):
         """Write config + weights (+ the tokenizer as JSON) with ``minillm.save``, like ``GPT``'s."""
         tok = {} if tokenizer is None else {"tokenizer": json.dumps(tokenizer.to_dict(), ensure_ascii=False)}
         write_checkpoint(path, "llama", self, {**tok, **(extra or {})}, dtype=dtype)
+
+    def save_pretrained(self, directory, tokenizer=None, dtype: str | None = None) -> None:
+        """Write a Hugging Face Llama folder (config.json, model.safetensors, the tokenizer's files when
+        given) that transformers' LlamaForCausalLM loads. ``dtype`` ("float16", "float32" or "float64")
+        converts the weights; default: the parameters' own dtype."""
+        hf = {**config_to_hf(self.config), **token_ids(tokenizer, self.config.vocab_size)}
+        save_model(self, directory, hf, HF_NAMES, tokenizer, dtype)
+
+    @classmethod
+    def from_pretrained(cls, directory, dtype=None) -> Llama:
+        """The Llama in a Hugging Face folder (config.json + model.safetensors, or its shards), in eval mode;
+        ``dtype`` (e.g. numpy.float64) sets the parameters' dtype (default: the backend's; a BF16 file is
+        widened exactly)."""
+        config = config_from_hf(read_config(directory), directory)
+        return load_model(cls, config, read_weights(directory), HF_NAMES, directory, dtype)
 
     @classmethod
     def load_with_tokenizer(cls, path) -> tuple[Llama, BPETokenizer]:
