@@ -87,3 +87,87 @@ def test_each_exercise_is_in_its_lesson_between_nbgrader_markers(lesson):
         assert cell.count("### BEGIN SOLUTION") == cell.count("### END SOLUTION") >= 1, path.name
         after = cell.split("### END SOLUTION")[-1]
         assert "check(" in after, f"{path.name}: a check must follow the solution"
+
+
+# ------------------------------------------------- lesson 15 (modern decoder): wrong answers a learner writes
+def _np_rms_norm(x, weight, eps=1e-6):
+    import numpy as np
+
+    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * weight
+
+
+def _np_rope(x, positions, theta=10000.0, interleaved=False, use_positions=True):
+    import numpy as np
+
+    h = x.shape[-1]
+    pos = np.asarray(positions, dtype=float) if use_positions else np.arange(x.shape[-2], dtype=float)
+    angle = pos[:, None] * theta ** (-2.0 * np.arange(h // 2) / h)
+    cos, sin = np.cos(angle), np.sin(angle)
+    if interleaved:
+        out = np.empty_like(x)
+        a, b = x[..., 0::2], x[..., 1::2]
+        out[..., 0::2], out[..., 1::2] = a * cos - b * sin, a * sin + b * cos
+        return out
+    a, b = x[..., :h // 2], x[..., h // 2:]
+    return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+
+
+def _np_kv_cache_bytes(shape, n_tokens, batch_size=1, bytes_per_value=2):
+    return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * n_tokens * batch_size * bytes_per_value
+
+
+def _modern_wrong_answers():
+    import numpy as np
+
+    def rms_no_eps(x, weight, eps=1e-6):
+        with np.errstate(all="ignore"):
+            return x / np.sqrt((x * x).mean(axis=-1, keepdims=True)) * weight
+
+    def rms_layernorm_style(x, weight, eps=1e-6):
+        return _np_rms_norm(x - x.mean(axis=-1, keepdims=True), weight, eps)
+
+    def rope_interleaved(x, positions, theta=10000.0):
+        return _np_rope(x, positions, theta, interleaved=True)
+
+    def rope_positions_ignored(x, positions, theta=10000.0):
+        return _np_rope(x, positions, theta, use_positions=False)
+
+    def rope_no_rotation(x, positions, theta=10000.0):
+        return x
+
+    return [
+        ("15.rms_norm", rms_no_eps, "eps is missing"),
+        ("15.rms_norm", rms_layernorm_style, "subtracted the mean"),
+        ("15.apply_rope", rope_interleaved, "neighbouring elements"),
+        ("15.apply_rope", rope_positions_ignored, "instead of the positions given"),
+        ("15.apply_rope", rope_no_rotation, None),
+        ("15.repeat_kv", lambda x, n: np.tile(x, (1, n, 1, 1)), "np.tile"),
+        ("15.repeat_kv", lambda x, n: np.concatenate([x] * n, axis=1), "np.tile"),
+        ("15.repeat_kv", lambda x, n: x, None),
+        ("15.kv_cache_bytes", lambda s, t, batch_size=1, bytes_per_value=2:
+         _np_kv_cache_bytes(s, t, batch_size, bytes_per_value) // 2, "keys"),
+        ("15.kv_cache_bytes", lambda s, t, batch_size=1, bytes_per_value=2:
+         2 * s.n_layers * s.n_heads * s.head_dim * t * batch_size * bytes_per_value, "query head"),
+    ]
+
+
+def test_modern_decoder_checks_pass_a_learners_correct_numpy():
+    import numpy as np
+
+    right = {"15.rms_norm": _np_rms_norm, "15.apply_rope": _np_rope,
+             "15.repeat_kv": lambda x, n: np.repeat(x, n, axis=1), "15.kv_cache_bytes": _np_kv_cache_bytes}
+    assert sorted(right) == sorted(ex.name for ex in by_lesson(15))
+    for name, fn in right.items():
+        result = check(name, fn)
+        assert result.passed, result.message
+        assert result.function is fn
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_modern_decoder_checks_fail_each_deliberate_wrong_answer(case):
+    name, wrong, hint_words = _modern_wrong_answers()[case]
+    result = check(name, wrong)
+    assert not result.passed and result.message.startswith("✗"), f"{name}: a wrong answer passed"
+    assert result.function is EXERCISES[name].reference
+    if hint_words:
+        assert "Hint:" in result.message and hint_words in result.message, result.message

@@ -36,6 +36,10 @@ LESSONS: dict[int, tuple[tuple[int, ...], str, str]] = {
     14: ((1, 3), "nothing (g++ for the CPU emulator; a GPU is optional)",
          "Dao et al. 2022, *FlashAttention*, §3.1; Milakov & Gimelshein 2018, *Online normalizer calculation "
          "for softmax*, §3"),
+    15: ((3, 4), "gpt_tiny.npz (its learned position table, for one comparison)",
+         "Zhang & Sennrich 2019, *Root Mean Square Layer Normalization*, §3; Su et al. 2021, *RoFormer*, "
+         "§3.2–3.4; Shazeer 2020, *GLU Variants Improve Transformer*, §2; Ainslie et al. 2023, *GQA*, §2; "
+         "Touvron et al. 2023, *LLaMA*, §2.2"),
 }
 
 # Seconds to execute each notebook top to bottom (nbclient, one BLAS thread, an idle 2-core machine, in CI):
@@ -55,6 +59,7 @@ RUN_SECONDS: dict[int, tuple[float, float]] = {
     12: (51.5, 53.3),
     13: (57.1, 61.5),
     14: (4.5, 4.9),
+    15: (85.0, 104.5),
 }
 
 NINETY_MINUTES = (1, 3, 11, 12)  # lessons whose exercises make a 90-minute session: engine to alignment
@@ -109,9 +114,11 @@ def guide_text(lessons: Path) -> str:
         f"LoRA — {len(short)} exercises ({', '.join(f'`{n}`' for n in short)}). Each lesson runs on its "
         "shipped checkpoint, so none needs an earlier one to have run.", "",
         "## A full day", "",
-        f"All 14 lessons in order, {len(every)} exercises: 01–04 in the morning (engine, tokenizer, "
-        "attention, pre-training), 05–07 and 08–10 after lunch (encoders, transfer, SFT, reasoning, tools), "
-        "11–14 to close (DPO, LoRA, QLoRA and memory, GPU kernels in CUDA C on the CPU emulator).", "",
+        f"All {len(paths)} lessons in order, {len(every)} exercises: 01–04 in the morning (engine, "
+        "tokenizer, attention, pre-training), 05–07 and 08–10 after lunch (encoders, transfer, SFT, "
+        "reasoning, tools), "
+        "11–15 to close (DPO, LoRA, QLoRA and memory, GPU kernels in CUDA C on the CPU emulator, today's "
+        "decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention).", "",
         "## Grading", "",
         "Every exercise is checked in the notebook by `minillm.exercises.check`, against minillm's reference "
         "on generated inputs; a wrong answer names the first failing case and, for a common mistake, a hint "
