@@ -122,19 +122,25 @@ def evaluate(model, loss_fn: Callable, get_batch: Callable, steps: int, seed: in
 
 # ------------------------------------------------------------------ one step
 def train_step(model, loss_fn: Callable, batch, opt: optim.AdamW, sched: optim.CosineWarmupLR,
-               grad_clip: float = 0.0, step: int = 0, last_checkpoint: str | None = None
-               ) -> tuple[float, dict, float, float]:
+               grad_clip: float = 0.0, step: int = 0, last_checkpoint: str | None = None,
+               distributed=None) -> tuple[float, dict, float, float]:
     """One optimizer step: batch → loss → backward → clip → AdamW step → schedule.
 
     Returns (loss, metrics, lr used, gradient norm before clipping). Raises ``TrainingError`` (naming
     ``step`` and ``last_checkpoint``) on a non-finite loss or gradient, before the weights change.
+    ``distributed`` (a ``minillm.distributed`` strategy): the loss is averaged over the ranks and the
+    gradients reduced, so the norm is the global one.
     """
     params = [p for g in opt.param_groups for p in g["params"]]
     loss, metrics = _split_loss(loss_fn(model, batch))
-    loss_val = _finite_or_stop(float(loss.item()), "loss", step, last_checkpoint)
+    loss_val = float(loss.item()) if distributed is None else distributed.mean(float(loss.item()))
+    loss_val = _finite_or_stop(loss_val, "loss", step, last_checkpoint)
     opt.zero_grad()
     loss.backward()
-    norm = optim.clip_grad_norm_(params, grad_clip) if grad_clip else _grad_norm(params)
+    if distributed is not None:
+        norm = distributed.reduce_gradients(grad_clip)
+    else:
+        norm = optim.clip_grad_norm_(params, grad_clip) if grad_clip else _grad_norm(params)
     _finite_or_stop(norm, "gradient norm", step, last_checkpoint)
     lr = opt.param_groups[0]["lr"]  # the rate this step uses; the schedule moves on after it
     opt.step()
@@ -209,6 +215,7 @@ class _Run:
     config: TrainConfig
     checkpoint_extra: dict | None = None
     ckpt_path: Path | None = None
+    is_main: bool = True  # distributed: only rank 0 writes (every rank builds the state: it gathers)
 
     def restore(self, path: str | Path) -> int:
         """Load weights, optimizer, schedule, both RNGs and the history from ``path``; returns its step."""
@@ -258,14 +265,17 @@ class _Run:
                                 self.history["checkpoint"], when=" before saving")
         due = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or last
         if self.ckpt_path is not None and due:
-            save(self.state(done), self.ckpt_path)
+            state = self.state(done)
+            if self.is_main:
+                save(state, self.ckpt_path)
             self.history["checkpoint"] = str(self.ckpt_path)
 
 
 @contextmanager
-def _progress(config: TrainConfig, start: int) -> Iterator[Callable]:
-    """Yields ``show(loss, tokens_per_s, history)``, which advances a tqdm bar (a no-op with the bar off)."""
-    if not (config.progress and start < config.steps):
+def _progress(config: TrainConfig, start: int, main: bool = True) -> Iterator[Callable]:
+    """Yields ``show(loss, tokens_per_s, history)``, which advances a tqdm bar (a no-op with the bar off,
+    and on every distributed rank but rank 0)."""
+    if not (config.progress and main and start < config.steps):
         yield lambda loss, tps, history: None
         return
     from tqdm.auto import tqdm
@@ -288,7 +298,7 @@ def _progress(config: TrainConfig, start: int) -> Iterator[Callable]:
 # ------------------------------------------------------------------ the loop
 def train(model, loss_fn: Callable, get_batch: Callable, config: TrainConfig, eval_fn: Callable | None = None,
           resume: str | Path | None = None, optimizer_params: list | None = None,
-          checkpoint_extra: dict | None = None) -> dict:
+          checkpoint_extra: dict | None = None, distributed=None) -> dict:
     """Train ``model`` for ``config.steps`` optimizer steps; returns the history (lists, for plotting).
 
     loss_fn(model, batch) -> loss Tensor, or (loss, metrics dict); a "tokens" metric sets the tokens/s count
@@ -299,24 +309,32 @@ def train(model, loss_fn: Callable, get_batch: Callable, config: TrainConfig, ev
     resume: a checkpoint written by this loop; training continues from its step.
     optimizer_params: parameters or groups for AdamW (default: ``param_groups(model)``; frozen ones skipped).
     checkpoint_extra: more entries for every checkpoint (e.g. the tokenizer).
+    distributed: a ``minillm.distributed`` strategy (``make_strategy("ddp"|"zero1"|"zero2"|"zero3")``):
+        each rank trains on its B/N rows of every global batch (same data order as one process) and runs
+        the same validation; rank 0 alone shows progress and writes checkpoints.
 
     history: "step", "loss", "lr", "grad_norm", "tokens_per_s" per step; "val_step", "val_loss",
     "val_ppl" per evaluation; "checkpoint" (path of the last one written).
     """
     opt, sched = _make_optimizer(model, config, optimizer_params)
+    if distributed is not None:  # rank 0's weights everywhere; ZeRO swaps in its sharded optimizer
+        opt = distributed.setup(model, opt, config.batch_size)
+    main = distributed is None or distributed.is_main
     data_rng = numpy.random.default_rng(config.seed)
-    run = _Run(model, opt, sched, data_rng, _new_history(), config, checkpoint_extra)
+    run = _Run(model, opt, sched, data_rng, _new_history(), config, checkpoint_extra, is_main=main)
     start = 0 if resume is None else run.restore(resume)
     run.ckpt_path = _checkpoint_path(config)
     if eval_fn is None:
         eval_fn = lambda m: evaluate(m, loss_fn, get_batch, config.eval_steps)
     model.train()
-    with _progress(config, start) as show:
+    with _progress(config, start, main) as show:
         for step in range(start, config.steps):
             t0 = time.perf_counter()
             batch = get_batch("train", data_rng)
+            if distributed is not None:
+                batch = distributed.local_batch(batch)
             loss, metrics, lr, norm = train_step(model, loss_fn, batch, opt, sched, config.grad_clip,
-                                                 step + 1, run.history["checkpoint"])
+                                                 step + 1, run.history["checkpoint"], distributed)
             tps = _tokens_in(batch, metrics) / max(time.perf_counter() - t0, 1e-9)
             _record_step(run.history, step + 1, loss, lr, norm, tps, metrics)
             run.evaluate_and_checkpoint(step + 1, eval_fn)

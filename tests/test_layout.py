@@ -14,6 +14,7 @@ LAYERS = [
     ("engine", ["minillm.backend", "minillm.tensor", "minillm.functional", "minillm.nn", "minillm.optim",
                 "minillm.gradcheck"]),
     ("cuda", ["minillm.cuda"]),
+    ("distributed", ["minillm.distributed"]),
     ("shared tools", ["minillm", "minillm.checkpoint", "minillm.tokenizer", "minillm.train",
                       "minillm.shipped", "minillm.options"]),
     ("library", ["minillm.models", "minillm.data", "minillm.chat", "minillm.generate"]),

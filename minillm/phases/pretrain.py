@@ -14,6 +14,7 @@ import numpy
 
 from minillm import backend as B
 from minillm import options as opt
+from minillm.distributed import STRATEGIES, check_batch_size, launched_world_size, make_strategy
 from minillm.models.gpt import GPT, GPTConfig
 from minillm.train import TrainConfig, lm_loss, train
 
@@ -49,12 +50,15 @@ def lm_batches(train_tokens, val_tokens, batch_size: int, context_length: int):
 def pretrain_gpt(tokenizer, model_config: GPTConfig, train_config: TrainConfig, data: str | None = None,
                  num_stories: int = 20_000, val_fraction: float = 0.05, resume: str | None = None,
                  export: str | None = None, export_dtype: str | None = None,
-                 story_weights: dict[str, float] | None = None, init: str | None = None) -> dict:
+                 story_weights: dict[str, float] | None = None, init: str | None = None,
+                 distributed: str | None = None) -> dict:
     """Train a GPT by next-token prediction; returns model, history, tokens and timing.
 
     Writes ``out_dir/checkpoint.npz`` (resumable) and ``out_dir/model.npz`` (weights + tokenizer) when
     ``train_config.out_dir`` is set, and ``export`` (weights + tokenizer, optionally float16) if given.
     ``init``: a GPT checkpoint to continue from (its config replaces ``model_config``).
+    ``distributed``: "ddp", "zero1", "zero2" or "zero3", run under ``mpiexec -n N`` (``batch_size`` is the
+    global batch); rank 0 writes the files, the result has "is_main" False on the other ranks.
     """
     from minillm.data.lm import train_val_split
 
@@ -74,9 +78,15 @@ def pretrain_gpt(tokenizer, model_config: GPTConfig, train_config: TrainConfig, 
         import json
 
         tok_json = json.dumps(tokenizer.to_dict(), ensure_ascii=False)
+    strategy = make_strategy(distributed) if distributed else None
     history = train(model, lm_loss, get, train_config, resume=resume,
-                    checkpoint_extra={"tokenizer": tok_json} if tok_json else None)
+                    checkpoint_extra={"tokenizer": tok_json} if tok_json else None, distributed=strategy)
     seconds = time.perf_counter() - t0
+    is_main = strategy is None or strategy.is_main
+    if strategy is not None:
+        strategy.unshard(model)  # ZeRO-3: the whole model on every rank again
+    if not is_main:
+        return {"model": model, "history": history, "seconds": seconds, "is_main": False}
     extra = {"history": {k: history[k] for k in ("step", "loss", "val_step", "val_loss")},
              "train_config": {k: v for k, v in asdict(train_config).items() if k != "extra"}}
     if train_config.out_dir:
@@ -84,7 +94,7 @@ def pretrain_gpt(tokenizer, model_config: GPTConfig, train_config: TrainConfig, 
     if export:
         model.save_checkpoint(export, tokenizer, dtype=export_dtype, extra=extra)
     return {"model": model, "history": history, "seconds": seconds, "train_tokens": len(train_tokens),
-            "val_tokens": len(val_tokens)}
+            "val_tokens": len(val_tokens), "is_main": True}
 
 
 # `minillm pretrain --objective NAME`: clm trains a GPT here; the encoder objectives are pretrain_encoders'.
@@ -134,6 +144,9 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint-every", type=opt.nonnegative_int, default=200, help="0 = only at the end")
     p.add_argument("--seed", type=opt.nonnegative_int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", choices=STRATEGIES, default=None,
+                   help="clm: data-parallel training under mpiexec -n N (ddp, or ZeRO stage 1/2/3); "
+                        "--batch-size is the global batch and must be divisible by N")
     p.add_argument("--mix-tasks", type=opt.fraction, default=0.0,
                    help="denoise/span: fraction of batches that are prefixed summarize/translate tasks")
 
@@ -141,6 +154,8 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     """``minillm pretrain``: a GPT here for ``--objective clm``, else the encoder objectives."""
     if args.objective != "clm":
+        if getattr(args, "distributed", None):
+            raise ValueError(f"pretrain: --distributed trains --objective clm only, not {args.objective}")
         from minillm.phases import pretrain_encoders
 
         return int(pretrain_encoders.main(args) or 0)
@@ -152,6 +167,8 @@ def main_clm(args) -> int:
     from minillm.generate import generate_text
     from minillm.tokenizer import BPETokenizer, load_default_tokenizer
 
+    if getattr(args, "distributed", None):  # before any work: the global batch splits evenly over ranks
+        check_batch_size(args.batch_size, launched_world_size())
     tok = BPETokenizer.load(args.tokenizer) if args.tokenizer else load_default_tokenizer()
     mcfg = GPTConfig(vocab_size=tok.vocab_size, context_length=args.context_length, d_model=args.d_model,
                      n_heads=args.n_heads, n_layers=args.n_layers, dropout=args.dropout, d_ff=args.d_ff)
@@ -164,7 +181,9 @@ def main_clm(args) -> int:
     res = pretrain_gpt(tok, mcfg, tcfg, data=args.data, num_stories=args.num_stories, resume=args.resume,
                        export=args.export, export_dtype=args.export_dtype,
                        story_weights=story_weights(getattr(args, "story_weights", None)),
-                       init=getattr(args, "init", None))
+                       init=getattr(args, "init", None), distributed=getattr(args, "distributed", None))
+    if not res["is_main"]:
+        return 0  # rank 0 reports
     h, model = res["history"], res["model"]
     mcfg = model.config  # with --init, the checkpoint's
     print(f"GPT {model.num_parameters():,} parameters ({mcfg.n_layers} layers, d_model {mcfg.d_model}, "
