@@ -11,12 +11,10 @@ after training (the nonlinearity sits between the two projections): it adds a li
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from minillm import backend as B
 from minillm import functional as F
 from minillm import nn
-from minillm.peft.surgery import find_modules, parent_and_name
+from minillm.peft.surgery import find_modules, parent_and_name, switched_off
 from minillm.tensor import Tensor
 
 
@@ -97,18 +95,10 @@ def apply_adapters(model: nn.Module, bottleneck: int = 16, target_modules: tuple
     return model
 
 
-@contextmanager
 def adapters_disabled(model: nn.Module):
-    """Inside this block every adapter is skipped: each sub-layer returns its frozen output, the pre-trained
-    model exactly (like ``lora.lora_disabled``; PEFT's ``disable_adapter()``)."""
-    wrapped = [m for m in model.modules() if isinstance(m, AdaptedSublayer)]
-    for m in wrapped:
-        m.disabled = True
-    try:
-        yield model
-    finally:
-        for m in wrapped:
-            m.disabled = False
+    """A ``with`` block in which every adapter is skipped: each sub-layer returns its frozen output, the
+    pre-trained model exactly (like ``lora.lora_disabled``; PEFT's ``disable_adapter()``)."""
+    return switched_off(model, AdaptedSublayer)
 
 
 def adapter_state_dict(model: nn.Module) -> dict:

@@ -29,6 +29,7 @@ from minillm.peft.surgery import (
     is_linear_like,
     is_quantized_linear,
     replace_module,
+    switched_off,
 )
 from minillm.tensor import Tensor
 
@@ -178,13 +179,10 @@ def lora_disabled(model: nn.Module):
     merged = [m for m in layers if m.merged]
     for m in merged:
         m.unmerge()
-    for m in layers:
-        m.disabled = True
     try:
-        yield model
+        with switched_off(model, LoRALinear):
+            yield model
     finally:
-        for m in layers:
-            m.disabled = False
         for m in merged:
             m.merge()
 

@@ -14,10 +14,9 @@ a small MLP from P learned embeddings (the reparameterisation, ``reparameterize=
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from minillm import backend as B
 from minillm import nn
+from minillm.peft.surgery import switched_off
 from minillm.tensor import Tensor, no_grad
 
 
@@ -127,18 +126,10 @@ class PrefixTuning(nn.Module):
                 f"reparameterize={self.reparameterize}")
 
 
-@contextmanager
 def prefix_disabled(model: nn.Module):
-    """Inside this block every ``PrefixTuning`` in ``model`` runs its frozen model alone, no prefix: the
-    pre-trained model exactly (like ``lora.lora_disabled``; PEFT's ``disable_adapter()``)."""
-    wrappers = [m for m in model.modules() if isinstance(m, PrefixTuning)]
-    for m in wrappers:
-        m.disabled = True
-    try:
-        yield model
-    finally:
-        for m in wrappers:
-            m.disabled = False
+    """A ``with`` block in which every ``PrefixTuning`` in ``model`` runs its frozen model alone, no prefix:
+    the pre-trained model exactly (like ``lora.lora_disabled``; PEFT's ``disable_adapter()``)."""
+    return switched_off(model, PrefixTuning)
 
 
 def prefix_state_dict(prefixed: PrefixTuning) -> dict:

@@ -13,6 +13,7 @@ its class: an ``nn.Linear``, or any module with ``in_features``, ``out_features`
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from minillm import nn
 
@@ -57,6 +58,20 @@ def is_linear_like(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear) or is_quantized_linear(m)
 
 
+@contextmanager
+def switched_off(model: nn.Module, module_type: type):
+    """Inside this block every ``module_type`` in ``model`` has ``disabled = True`` (its forward then runs
+    the frozen part alone: PEFT's ``disable_adapter()``), and ``False`` again after, even on an error."""
+    found = [m for m in model.modules() if isinstance(m, module_type)]
+    for m in found:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in found:
+            m.disabled = False
+
+
 def check_partial_state(who: str, own: dict, state: dict) -> None:
     """Raise ``nn.StateDictError`` unless ``state`` has exactly the keys and shapes of ``own`` (an add-on's
     part of a state dict: LoRA matrices, adapters, a prefix), naming what is missing, extra or mis-shaped."""
@@ -69,4 +84,4 @@ def check_partial_state(who: str, own: dict, state: dict) -> None:
 
 
 __all__ = ["check_partial_state", "find_modules", "is_linear_like", "is_quantized_linear", "matches",
-           "parent_and_name", "replace_module"]
+           "parent_and_name", "replace_module", "switched_off"]
