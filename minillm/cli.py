@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one ``minillm`` subcommand; errors propagate (for scripts and tests)."""
     args = build_parser().parse_args(argv)
+    from minillm.distributed.comm import launched_world_size
+
+    if launched_world_size() > 1 and not hasattr(args, "distributed"):
+        raise ValueError(f"minillm {args.command} runs as one process, but mpiexec started "
+                         f"{launched_world_size()} ranks: only pretrain and sft train across processes "
+                         "(--distributed)")
     if args.backend:
         from minillm import backend
 
@@ -74,19 +80,41 @@ def input_errors() -> tuple[type[BaseException], ...]:
 
 def console_main(argv: list[str] | None = None) -> int:
     """The ``minillm`` command: ``main``, with bad input reported in one line on stderr and exit status 2
-    instead of a traceback (set ``MINILLM_TRACEBACK=1`` to see where it came from)."""
+    instead of a traceback (set ``MINILLM_TRACEBACK=1`` to see where it came from). Under mpiexec a rank
+    that fails names itself and stops every rank (``minillm.distributed.launch``)."""
+    from minillm.distributed.launch import rank_label, stop_all_ranks
+
+    where = f" ({rank_label()})" if rank_label() else ""
+    try:
+        code = _report_bad_input(argv, where)
+    except SystemExit as e:  # argparse's one-line errors
+        if e.code:
+            stop_all_ranks(2)
+        raise
+    except BaseException:  # a bug: its traceback, then (under mpiexec) stop the others waiting on us
+        if where:
+            import traceback
+
+            traceback.print_exc()
+            stop_all_ranks(1)
+        raise
+    if code:
+        stop_all_ranks(code)
+    return code
+
+
+def _report_bad_input(argv: list[str] | None, where: str) -> int:
     try:
         return main(argv)
     except KeyboardInterrupt:
-        print("minillm: interrupted", file=sys.stderr)
+        print(f"minillm{where}: interrupted", file=sys.stderr)
         return 130
     except input_errors() as e:
         if os.environ.get("MINILLM_TRACEBACK"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # StateDictError: no repr quotes
-        print(f"minillm: error: {type(e).__name__}: {msg}", file=sys.stderr)
+        print(f"minillm{where}: error: {type(e).__name__}: {msg}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     sys.exit(console_main())

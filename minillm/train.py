@@ -129,10 +129,14 @@ def train_step(model, loss_fn: Callable, batch, opt: optim.AdamW, sched: optim.C
     Returns (loss, metrics, lr used, gradient norm before clipping). Raises ``TrainingError`` (naming
     ``step`` and ``last_checkpoint``) on a non-finite loss or gradient, before the weights change.
     ``distributed`` (a ``minillm.distributed`` strategy): the loss is averaged over the ranks and the
-    gradients reduced, so the norm is the global one.
+    gradients reduced, so the norm is the global one. A "tokens" metric counts what the loss is a mean
+    over; each rank's loss is weighted by it, so the result is the global batch's mean (masked SFT).
     """
     params = [p for g in opt.param_groups for p in g["params"]]
     loss, metrics = _split_loss(loss_fn(model, batch))
+    if distributed is not None:
+        weight = distributed.token_weight(metrics.get("tokens"))
+        loss = loss if weight == 1.0 else loss * weight
     loss_val = float(loss.item()) if distributed is None else distributed.mean(float(loss.item()))
     loss_val = _finite_or_stop(loss_val, "loss", step, last_checkpoint)
     opt.zero_grad()

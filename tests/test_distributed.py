@@ -213,6 +213,7 @@ def mpiexec() -> str:
     return path
 
 
+ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # 2 ranks, not 2 × all cores
 
 
@@ -220,7 +221,7 @@ ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # 2 r
 def two_ranks(mpiexec, tmp_path_factory) -> list:
     """Every configuration trained once under ``mpiexec -n 2``: [rank 0's dict, rank 1's, the folder]."""
     out = tmp_path_factory.mktemp("mpi")
-    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, __file__, str(out)], env=ENV,
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, __file__, "train", str(out)], env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return [dict(np.load(out / f"rank{r}.npz")) for r in range(2)] + [out]
@@ -313,7 +314,72 @@ def test_nccl_collectives_on_a_world_of_one():
     comm.barrier()
 
 
-# ------------------------------------------------------------------ the 2-rank script
+# ------------------------------------------------------------------ a rank that fails
+@pytest.mark.parametrize("how", ["raises", "is killed"])
+def test_a_rank_that_fails_stops_every_rank_and_the_last_checkpoint_stays_good(mpiexec, tmp_path, how):
+    """Rank 1 fails in step 5 of 8 (checkpoints every 2 steps): mpiexec stops both ranks at once instead
+    of rank 0 waiting for ever, the message names the rank, and the last checkpoint (step 4's, or step 2's
+    when rank 0 was stopped while writing step 4's) loads and resumes."""
+    mode = "raise" if how == "raises" else "kill"
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, __file__, mode, str(tmp_path)], env=ENV,
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode != 0
+    if mode == "raise":
+        assert "minillm (rank 1 of 2): error: OSError: simulated disk failure" in proc.stderr, proc.stderr
+        assert "minillm (rank 1 of 2): stopping every rank" in proc.stderr
+    else:
+        assert "BAD TERMINATION" in proc.stdout + proc.stderr  # mpiexec's own report of the killed rank
+    ckpt = minillm.load(tmp_path / "checkpoint.npz")  # rank 0 may be stopped while it writes step 4's
+    assert ckpt["step"] in (2, 4) and all(np.isfinite(v).all() for v in ckpt["model"].values())
+    from minillm.cli import main as cli
+
+    assert cli([*PRETRAIN, "--steps", "8", "--checkpoint-every", "2", "--out", str(tmp_path),
+                "--resume", str(tmp_path / "checkpoint.npz")]) == 0  # at a world of 1: consolidated
+    assert minillm.load(tmp_path / "checkpoint.npz")["step"] == 8
+
+
+def test_launch_is_checked_before_any_work(monkeypatch):
+    from minillm.cli import main as cli
+
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match="was started alone: run mpiexec -n 2 minillm sft"):
+        cli(["sft", "--distributed", "zero1", "--steps", "1"])
+    monkeypatch.setenv("PMI_SIZE", "2")
+    with pytest.raises(ValueError, match="mpiexec started 2 ranks but --distributed is not set"):
+        cli([*PRETRAIN])
+    with pytest.raises(ValueError, match="mpiexec started 2 ranks but --distributed is not set"):
+        cli([*PRETRAIN, "--objective", "mlm"])
+    with pytest.raises(ValueError, match="minillm memory runs as one process"):
+        cli(["memory"])
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    with pytest.raises(ValueError, match=r"needs mpi4py and an MPI: pip install 'minillm\[distributed\]'"):
+        cli(["sft", "--distributed", "ddp", "--steps", "1"])
+
+
+# ------------------------------------------------------------------ minillm sft --distributed
+SFT = ["sft", "--task", "code", "--steps", "3", "--n-train", "40", "--batch-size", "4", "--no-eval",
+       "--no-progress"]
+
+
+@pytest.mark.parametrize("strategy, peft", [("ddp", []), ("zero3", ["--peft", "lora"])])
+def test_sft_distributed_on_two_ranks_matches_one_process(mpiexec, tmp_path, strategy, peft):
+    from minillm.cli import main as cli
+
+    assert cli([*SFT, *peft, "--out", str(tmp_path / "one" / "model.npz")]) == 0
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "minillm", *SFT, *peft, "--out",
+                           str(tmp_path / "two" / "model.npz"), "--distributed", strategy], env=ENV,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("final train loss") == 1  # rank 0 reports, once
+    one, two = (minillm.load(tmp_path / d / "checkpoint.npz") for d in ("one", "two"))
+    assert np.abs(np.array(one["history"]["loss"]) - two["history"]["loss"]).max() < TOL["float32"]["loss"]
+    assert max(float(np.abs(one["model"][k] - v).max()) for k, v in two["model"].items()) < 1e-4
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in
+                                                                          (tmp_path / "one").iterdir())
+
+
+# ------------------------------------------------------------------ the scripts mpiexec runs
 def main(out: Path) -> None:
     """Under mpiexec: every (strategy, model, dtype) on this rank, saved to ``out/rank{r}.npz``."""
     comm, results = init_comm(), {}
@@ -327,5 +393,31 @@ def main(out: Path) -> None:
     np.savez(out / f"rank{comm.rank}.npz", **results)
 
 
+def fail(mode: str, out: Path) -> int:
+    """Under mpiexec: ``minillm pretrain --distributed ddp`` in which rank 1 fails in step 5 (``mode``
+    "raise": an OSError; "kill": SIGKILL, as the out-of-memory killer would)."""
+    import signal
+
+    import minillm.train
+    from minillm.cli import console_main
+    from minillm.distributed.comm import launched_rank
+
+    step = minillm.train.train_step
+
+    def failing_step(*args, **kwargs):
+        if launched_rank() == 1 and args[6] == 5:  # the step number
+            if mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise OSError("simulated disk failure")
+        return step(*args, **kwargs)
+
+    minillm.train.train_step = failing_step
+    return console_main([*PRETRAIN, "--steps", "8", "--checkpoint-every", "2", "--out", str(out),
+                         "--distributed", "ddp"])
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[1] == "train":
+        main(Path(sys.argv[2]))
+    else:
+        sys.exit(fail(sys.argv[1], Path(sys.argv[2])))

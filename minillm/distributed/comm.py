@@ -22,6 +22,7 @@ from minillm import backend as B
 OPS = ("sum", "mean", "max", "min")
 # what mpiexec sets: MPICH/Intel (PMI), Open MPI, and the PMIx/Slurm launchers
 WORLD_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
+RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID", "SLURM_PROCID")
 INSTALL_HINT = "pip install 'minillm[distributed]'"
 
 
@@ -200,12 +201,36 @@ class NCCLComm(Comm):
         self.mpi.barrier()
 
 
-def launched_world_size() -> int:
-    """The world size mpiexec (or srun) announced in the environment; 1 when not launched by one."""
-    for var in WORLD_SIZE_VARS:
+def _announced(names: tuple[str, ...]) -> int | None:
+    for var in names:
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
-    return 1
+    return None
+
+
+def launched_world_size() -> int:
+    """The world size mpiexec (or srun) announced in the environment; 1 when not launched by one."""
+    return _announced(WORLD_SIZE_VARS) or 1
+
+
+def launched_rank() -> int:
+    """This process's rank as mpiexec announced it (0 when not launched by one); needs no MPI import."""
+    return _announced(RANK_VARS) or 0
+
+
+def launched_by_mpiexec() -> bool:
+    """Whether a launcher (mpiexec, srun) started this process, even as a world of 1."""
+    return _announced(WORLD_SIZE_VARS) is not None
+
+
+def find_mpiexec() -> str | None:
+    """The mpiexec beside this Python (the ``mpich`` wheel puts it there) or on PATH; None if neither."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    beside = Path(sys.executable).with_name("mpiexec")
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
 
 
 def init_comm(backend: str = "auto") -> Comm:

@@ -14,7 +14,8 @@ import numpy
 
 from minillm import backend as B
 from minillm import options as opt
-from minillm.distributed import STRATEGIES, check_batch_size, launched_world_size, make_strategy
+from minillm.distributed import launch as distributed_launch
+from minillm.distributed import make_strategy
 from minillm.models.gpt import GPT, GPTConfig
 from minillm.train import TrainConfig, lm_loss, train
 
@@ -144,9 +145,7 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint-every", type=opt.nonnegative_int, default=200, help="0 = only at the end")
     p.add_argument("--seed", type=opt.nonnegative_int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--distributed", choices=STRATEGIES, default=None,
-                   help="clm: data-parallel training under mpiexec -n N (ddp, or ZeRO stage 1/2/3); "
-                        "--batch-size is the global batch and must be divisible by N")
+    distributed_launch.add_argument(p)
     p.add_argument("--mix-tasks", type=opt.fraction, default=0.0,
                    help="denoise/span: fraction of batches that are prefixed summarize/translate tasks")
 
@@ -156,6 +155,7 @@ def main(args) -> int:
     if args.objective != "clm":
         if getattr(args, "distributed", None):
             raise ValueError(f"pretrain: --distributed trains --objective clm only, not {args.objective}")
+        distributed_launch.check_launch("pretrain", None, args.batch_size)  # not under mpiexec either
         from minillm.phases import pretrain_encoders
 
         return int(pretrain_encoders.main(args) or 0)
@@ -167,8 +167,7 @@ def main_clm(args) -> int:
     from minillm.generate import generate_text
     from minillm.tokenizer import BPETokenizer, load_default_tokenizer
 
-    if getattr(args, "distributed", None):  # before any work: the global batch splits evenly over ranks
-        check_batch_size(args.batch_size, launched_world_size())
+    distributed_launch.check_launch("pretrain", getattr(args, "distributed", None), args.batch_size)
     tok = BPETokenizer.load(args.tokenizer) if args.tokenizer else load_default_tokenizer()
     mcfg = GPTConfig(vocab_size=tok.vocab_size, context_length=args.context_length, d_model=args.d_model,
                      n_heads=args.n_heads, n_layers=args.n_layers, dropout=args.dropout, d_ff=args.d_ff)

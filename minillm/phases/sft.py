@@ -20,6 +20,8 @@ import numpy
 
 from minillm import options as opt
 from minillm.chat import template as chat
+from minillm.distributed import launch as distributed_launch
+from minillm.distributed import make_strategy
 from minillm.models.auto import add_model_arguments, model_source
 from minillm.peft.peft_model import (
     MERGEABLE,
@@ -240,11 +242,13 @@ def heldout_for(task: str, n_eval: int, seed: int = 0) -> dict[str, list[dict]]:
 def run_sft(model, tokenizer, task: str = "mix", steps: int = 1000, n_train: int = 4000, n_eval: int = 40,
             batch_size: int = 16, lr: float = 1e-3, seed: int = 0, out: str | None = None,
             data: str | None = None, evaluate: bool = True, progress: bool = True, warmup: int = 50,
-            out_dtype: str | None = None, checkpoint_dir: str | None = None) -> dict:
+            out_dtype: str | None = None, checkpoint_dir: str | None = None, distributed=None) -> dict:
     """Fine-tune ``model`` on ``task`` (or the conversations in the JSONL file ``data``) and evaluate on
     held-out prompts before and after. Writes ``out`` (weights + tokenizer, in ``out_dtype`` if given,
     e.g. "float16" to halve a shipped file) if given, and with ``checkpoint_dir`` a resumable
-    ``checkpoint.npz`` there four times during training (so a stopped run loses at most a quarter)."""
+    ``checkpoint.npz`` there four times during training (so a stopped run loses at most a quarter).
+    ``distributed``: a ``minillm.distributed`` strategy (under mpiexec; ``batch_size`` is the global batch):
+    every rank trains, rank 0 alone evaluates and writes; the result has "is_main" False on the others."""
     from minillm.data.jsonl import read_jsonl
 
     ctx = model.config.context_length
@@ -260,22 +264,27 @@ def run_sft(model, tokenizer, task: str = "mix", steps: int = 1000, n_train: int
         raise ValueError(f"sft: no example fits the model's context of {ctx} tokens ({dropped} too long)")
     n_val = max(1, len(pairs) // 20)
     get_batch = sft_batches(pairs[n_val:], pairs[:n_val], batch_size, tokenizer.pad_id)
+    is_main = distributed is None or distributed.is_main
     t0 = time.perf_counter()
-    before = evaluate_sft(model, tokenizer, heldout) if evaluate else {}
+    before = evaluate_sft(model, tokenizer, heldout) if evaluate and is_main else {}
     t_eval = time.perf_counter() - t0
     cfg = TrainConfig(steps=steps, lr=lr, warmup=min(warmup, steps // 10 + 1), batch_size=batch_size,
                       eval_every=max(1, steps // 4), eval_steps=4, seed=seed, progress=progress,
                       weight_decay=0.0, out_dir=checkpoint_dir,
                       checkpoint_every=max(1, steps // 4) if checkpoint_dir else 0)
     t0 = time.perf_counter()
-    history = train(model, sft_loss, get_batch, cfg)
+    history = train(model, sft_loss, get_batch, cfg, distributed=distributed)
     t_train = time.perf_counter() - t0
+    if distributed is not None:
+        distributed.unshard(model)  # ZeRO-3: the whole model on every rank again
+    if not is_main:
+        return {"history": history, "is_main": False}
     after = evaluate_sft(model, tokenizer, heldout) if evaluate else {}
     if out:
         model.save_checkpoint(out, tokenizer, dtype=out_dtype,
                               extra={"sft": {"task": task, "steps": steps, "seed": seed, "lr": lr}})
     return {"history": history, "before": before, "after": after, "train_examples": len(pairs),
-            "dropped_too_long": dropped, "train_seconds": t_train, "eval_seconds": t_eval}
+            "dropped_too_long": dropped, "train_seconds": t_train, "eval_seconds": t_eval, "is_main": True}
 
 
 def print_report(res: dict) -> None:
@@ -385,6 +394,7 @@ def add_arguments(p) -> None:
                    help="dtype of the written weights (float16 halves the file)")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    distributed_launch.add_argument(p)
 
 
 def main(args) -> int:
@@ -394,18 +404,24 @@ def main(args) -> int:
     from minillm.peft.lora import print_trainable_parameters
     from minillm.shipped import SHIPPED_GPT
 
+    distributed_launch.check_launch("sft", args.distributed, args.batch_size)
     source = model_source(args, "from_ckpt", SHIPPED_GPT)
     model, tok = load_causal_lm(source)
     peft = peft_config_from_args(args)
+    strategy = make_strategy(args.distributed) if args.distributed else None
+    is_main = strategy is None or strategy.is_main
     if peft:
         manual_seed(args.seed)  # the adapter's initial weights: the same command gives the same adapter
         model = get_peft_model(model, peft)
-        print_trainable_parameters(model)
+        if is_main:
+            print_trainable_parameters(model)
     res = run_sft(model, tok, task=args.task, steps=args.steps, n_train=args.n_train, n_eval=args.n_eval,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=None if peft else args.out,
                   data=args.data, evaluate=not args.no_eval, progress=not args.no_progress,
                   out_dtype=args.export_dtype,
-                  checkpoint_dir=str(Path(args.out).parent) if args.out else None)
+                  checkpoint_dir=str(Path(args.out).parent) if args.out else None, distributed=strategy)
+    if not res["is_main"]:
+        return 0  # rank 0 reports and writes
     print_report(res)
     if peft and args.out:
         save_peft_result(model, peft, args.out, tok, str(source), args.merge, args.export_dtype,
