@@ -14,6 +14,7 @@ BENCHMARKS = {
     "tokenizer": "minillm.bench.tokenizer",
     "peft": "minillm.bench.peft",
     "decode": "minillm.bench.decode",
+    "distributed": "minillm.bench.distributed",
 }
 
 
@@ -31,9 +32,10 @@ def add_arguments(p) -> None:
                    help=f"which: {', '.join(BENCHMARKS)} (default: all CPU ones)")
     p.add_argument("--gpu", action="store_true", help="the GPU kernel benchmark (needs CuPy and a GPU)")
     p.add_argument("--quick", action="store_true", help="fewer repeats (for tests)")
-    from minillm.bench import decode
+    from minillm.bench import decode, distributed
 
     decode.add_arguments(p)
+    distributed.add_arguments(p)
 
 
 def main(args) -> int:
