@@ -282,6 +282,26 @@ def test_pretrain_distributed_on_two_ranks_matches_one_process(mpiexec, tmp_path
     one, two = (minillm.load(tmp_path / d / "checkpoint.npz") for d in ("one", "two"))
     assert np.abs(np.array(one["history"]["loss"]) - two["history"]["loss"]).max() < TOL["float32"]["loss"]
     assert max(float(np.abs(one["model"][k] - v).max()) for k, v in two["model"].items()) < 1e-4
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoint.npz", "model.npz"]
+
+
+def test_two_ranks_resume_a_one_process_checkpoint(mpiexec, tmp_path):
+    """Checkpoints hold the whole state, so a run can move between world sizes: 1 process for 2 steps,
+    then 2 ZeRO-2 ranks for 2 more, equals 1 process for 4."""
+    from minillm.cli import main as cli
+
+    assert cli([*PRETRAIN, "--out", str(tmp_path / "whole")]) == 0
+    assert cli([*PRETRAIN, "--steps", "2", "--out", str(tmp_path / "moved")]) == 0
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "minillm", *PRETRAIN, "--out",
+                           str(tmp_path / "moved"), "--resume", str(tmp_path / "moved" / "checkpoint.npz"),
+                           "--distributed", "zero2"], env=ENV, capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    whole, moved = (minillm.load(tmp_path / d / "checkpoint.npz") for d in ("whole", "moved"))
+    assert moved["step"] == 4
+    losses = np.array(whole["history"]["loss"]) - moved["history"]["loss"]
+    assert np.abs(losses).max() < TOL["float32"]["loss"]
+    assert max(float(np.abs(whole["model"][k] - v).max()) for k, v in moved["model"].items()) < 1e-4
 
 
 def test_pretrain_distributed_is_checked_before_any_work(monkeypatch, capsys):
