@@ -234,10 +234,10 @@ def find_mpiexec() -> str | None:
 
 
 def init_comm(backend: str = "auto") -> Comm:
-    """The communicator for this process: ``"auto"`` (MPI when launched by mpiexec with more than one rank,
-    else a world of 1), ``"local"``, ``"mpi"`` or ``"nccl"``."""
+    """The communicator for this process: ``"auto"`` (when launched by mpiexec with more than one rank,
+    NCCL on the CuPy backend and MPI on NumPy; else a world of 1), ``"local"``, ``"mpi"`` or ``"nccl"``."""
     if backend == "auto":
-        backend = "mpi" if launched_world_size() > 1 else "local"
+        backend = ("nccl" if B.name == "cupy" else "mpi") if launched_world_size() > 1 else "local"
     engines = {"local": LocalComm, "mpi": MPIComm, "nccl": NCCLComm}
     if backend not in engines:
         raise ValueError(f"init_comm: backend must be 'auto' or one of {sorted(engines)}, got {backend!r}")
