@@ -171,3 +171,98 @@ def test_modern_decoder_checks_fail_each_deliberate_wrong_answer(case):
     assert result.function is EXERCISES[name].reference
     if hint_words:
         assert "Hint:" in result.message and hint_words in result.message, result.message
+
+
+# ------------------------------------ lesson 16 (data parallelism and ZeRO): wrong answers a learner writes
+def _np_ring_chunk(rank, step, world_size, phase):
+    return (rank - step) % world_size if phase == "reduce-scatter" else (rank + 1 - step) % world_size
+
+
+def _np_zero1_step(params, grads, m, v, step, rank, world_size, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                   weight_decay=0.01, l2=False, offset=True):
+    import numpy as np
+
+    s = -(-params.size // world_size)
+    lo = rank * s if offset else 0
+    p = np.pad(params, (0, s * world_size - params.size))[lo:lo + s]
+    g = np.pad(grads, (0, s * world_size - grads.size))[lo:lo + s]
+    if l2:
+        g = g + weight_decay * p
+    m = betas[0] * m + (1 - betas[0]) * g
+    v = betas[1] * v + (1 - betas[1]) * g ** 2
+    update = (m / (1 - betas[0] ** step)) / (np.sqrt(v / (1 - betas[1] ** step)) + eps)
+    return (p if l2 else p * (1 - lr * weight_decay)) - lr * update, m, v
+
+
+def _np_zero_bytes(n_params, world_size, stage, bytes_per_value=4, shard=None):
+    s = -(-n_params // world_size) if shard is None else shard
+    return {"params": bytes_per_value * (s if stage == 3 else n_params),
+            "grads": bytes_per_value * (s if stage >= 2 else n_params),
+            "optimizer": 2 * bytes_per_value * (s if stage >= 1 else n_params)}
+
+
+def _data_parallel_wrong_answers():
+    def ring_counting_up(r, t, n, phase):
+        return (r + t) % n if phase == "reduce-scatter" else (r + 1 + t) % n
+
+    def ring_no_mod(r, t, n, phase):
+        return r - t if phase == "reduce-scatter" else r + 1 - t
+
+    def zero1_moments_dropped(params, grads, m, v, step, *args, **kwargs):
+        return _np_zero1_step(params, grads, m * 0, v * 0, step, *args, **kwargs)
+
+    def bytes_floor(n, w, stage, bytes_per_value=4):
+        return _np_zero_bytes(n, w, stage, bytes_per_value, shard=n // w)
+
+    def bytes_one_moment(n, w, stage, bytes_per_value=4):
+        out = _np_zero_bytes(n, w, stage, bytes_per_value)
+        return {**out, "optimizer": out["optimizer"] // 2}
+
+    def bytes_not_cumulative(n, w, stage, bytes_per_value=4):  # stage k shards only thing k
+        s = -(-n // w)
+        return {"params": bytes_per_value * (s if stage == 3 else n),
+                "grads": bytes_per_value * (s if stage == 2 else n),
+                "optimizer": 2 * bytes_per_value * (s if stage == 1 else n)}
+
+    return [
+        ("16.ring_chunk", lambda r, t, n, phase: r if phase == "reduce-scatter" else (r + 1) % n,
+         "own chunk"),
+        ("16.ring_chunk", lambda r, t, n, phase: (r - t) % n, "never finished"),
+        ("16.ring_chunk", ring_counting_up, "wrong way round"),
+        ("16.ring_chunk", ring_no_mod, None),
+        ("16.zero1_step", lambda *a, **k: _np_zero1_step(*a, **k, l2=True), "Adam with L2"),
+        ("16.zero1_step", lambda *a, **k: _np_zero1_step(*a, **k, offset=False), "owns [r·s, (r + 1)·s)"),
+        ("16.zero1_step", zero1_moments_dropped, None),
+        ("16.zero_bytes", bytes_floor, "ceil(Ψ / N)"),
+        ("16.zero_bytes", bytes_one_moment, "two moments"),
+        ("16.zero_bytes", bytes_not_cumulative, None),
+    ]
+
+
+def test_data_parallel_checks_pass_a_learners_correct_numpy():
+    right = {"16.ring_chunk": _np_ring_chunk, "16.zero1_step": _np_zero1_step,
+             "16.zero_bytes": _np_zero_bytes}
+    assert sorted(right) == sorted(ex.name for ex in by_lesson(16))
+    for name, fn in right.items():
+        result = check(name, fn)
+        assert result.passed, result.message
+        assert result.function is fn
+
+
+def test_the_ring_check_cannot_be_passed_without_the_rings_schedule():
+    """The checker runs the ring with the learner's schedule: a consistent ring that starts elsewhere (every
+    chunk summed correctly) still fails, and a chunk index out of range is an error that names the call."""
+    shifted = check("16.ring_chunk", lambda r, t, n, phase: _np_ring_chunk(r + 1, t, n, phase))
+    assert not shifted.passed and "does add up every chunk" in shifted.message, shifted.message
+    no_mod = check("16.ring_chunk", lambda r, t, n, phase: r - t)
+    assert not no_mod.passed and "returned chunk -1" in no_mod.message, no_mod.message
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_data_parallel_checks_fail_each_deliberate_wrong_answer(case):
+    name, wrong, hint_words = _data_parallel_wrong_answers()[case]
+    result = check(name, wrong)
+    assert not result.passed and result.message.startswith("✗"), f"{name}: a wrong answer passed"
+    assert result.function is EXERCISES[name].reference
+    if hint_words:
+        assert "Hint:" in result.message and hint_words in result.message, result.message

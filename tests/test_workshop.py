@@ -35,7 +35,7 @@ def test_a_solution_becomes_nbgraders_stub_at_its_indentation():
 def test_the_kit_has_both_copies_of_every_lesson_and_a_guide(tmp_path, capsys):
     assert main(["workshop", "--out", str(tmp_path)]) == 0
     lessons = sorted(lessons_folder().glob("[0-9][0-9]_*.ipynb"))
-    assert len(lessons) == 15
+    assert len(lessons) == 16
     for path in lessons:
         original = json.loads(path.read_text(encoding="utf-8"))
         assert json.loads((tmp_path / "instructor" / path.name).read_text()) == original
@@ -48,7 +48,7 @@ def test_the_kit_has_both_copies_of_every_lesson_and_a_guide(tmp_path, capsys):
     guide = (tmp_path / "GUIDE.md").read_text()
     for name in EXERCISES:
         assert f"`{name}`" in guide
-    for n in range(1, 16):
+    for n in range(1, 17):
         assert f"| {n:02d} |" in guide
     assert "not measured" not in guide, "every lesson's run time is a measured range"
     assert "## A 90-minute session" in guide and "## A full day" in guide

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from minillm.exercises import (
     attention,
     autograd,
+    data_parallel,
     dpo,
     kernels,
     lora,
@@ -33,7 +34,7 @@ from minillm.exercises import (
 from minillm.exercises.checking import NOT_ATTEMPTED, Case, CheckResult, Exercise, run_check
 
 _MODULES = (autograd, tokenizer, attention, pretraining, objectives, transfer, sft, reasoning, tools, dpo,
-            lora, quantization, kernels, modern_decoder)  # lessons 01 ... 15 in order
+            lora, quantization, kernels, modern_decoder, data_parallel)  # lessons 01 ... 16 in order
 EXERCISES: dict[str, Exercise] = {ex.name: ex for m in _MODULES for ex in m.EXERCISES}
 
 

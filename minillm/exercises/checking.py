@@ -46,6 +46,9 @@ class Exercise:
     mistakes: dict[str, tuple[Callable, str]] = field(default_factory=dict)  # name -> (wrong fn, hint)
     compare: Callable[[Any, Any], str | None] | None = None   # None: `same_values` (rtol 1e-5)
     gradcheck: bool = False        # also check the learner's backward with float64 central differences
+    # harness(fn, *args, **kwargs): how a case runs fn, for a function that is one part of a computation the
+    # checker carries out (lesson 16's ring runs the learner's chunk schedule). None: fn(*args, **kwargs)
+    harness: Callable | None = None
 
     @property
     def function_name(self) -> str:
@@ -171,18 +174,18 @@ def describe_inputs(case: Case) -> str:
 
 
 # --------------------------------------------------------------------------------------------- running
-def _call(fn: Callable, case: Case) -> Any:
+def _call(fn: Callable, case: Case, harness: Callable | None = None) -> Any:
     """``fn`` on a deep copy of the case's inputs, so a function that changes its inputs in place cannot
-    change what the reference or the next case sees."""
+    change what the reference or the next case sees; through ``harness`` when the exercise has one."""
     args, kwargs = copy.deepcopy((case.args, case.kwargs))
-    return fn(*args, **kwargs)
+    return fn(*args, **kwargs) if harness is None else harness(fn, *args, **kwargs)
 
 
 def _observe(exercise: Exercise, fn: Callable, case: Case) -> Any:
     """What ``fn`` does on a case: its output, and for a backward exercise also the gradient its backward
     sends to each input Tensor for a fixed random upstream gradient (so a wrong backward shows)."""
     if not exercise.gradcheck:
-        return _call(fn, case)
+        return _call(fn, case, exercise.harness)
     from minillm.tensor import Tensor
 
     args, kwargs = copy.deepcopy((case.args, case.kwargs))

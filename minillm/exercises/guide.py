@@ -40,6 +40,10 @@ LESSONS: dict[int, tuple[tuple[int, ...], str, str]] = {
          "Zhang & Sennrich 2019, *Root Mean Square Layer Normalization*, §3; Su et al. 2021, *RoFormer*, "
          "§3.2–3.4; Shazeer 2020, *GLU Variants Improve Transformer*, §2; Ainslie et al. 2023, *GQA*, §2; "
          "Touvron et al. 2023, *LLaMA*, §2.2"),
+    16: ((4, 13), "nothing (a tiny GPT trained from scratch; mpi4py and mpich for the 2-rank run)",
+         "Rajbhandari et al. 2020, *ZeRO: Memory Optimizations Toward Training Trillion Parameter "
+         "Models*, §5 and §7; Patarasuk & Yuan 2009, *Bandwidth optimal all-reduce algorithms for "
+         "clusters of workstations*"),
 }
 
 # Seconds to execute each notebook top to bottom (nbclient, one BLAS thread, an idle 2-core machine, in CI):
@@ -60,6 +64,7 @@ RUN_SECONDS: dict[int, tuple[float, float]] = {
     13: (57.1, 61.5),
     14: (4.5, 4.9),
     15: (85.0, 104.5),
+    16: (5.3, 7.5),
 }
 
 NINETY_MINUTES = (1, 3, 11, 12)  # lessons whose exercises make a 90-minute session: engine to alignment
@@ -117,8 +122,9 @@ def guide_text(lessons: Path) -> str:
         f"All {len(paths)} lessons in order, {len(every)} exercises: 01–04 in the morning (engine, "
         "tokenizer, attention, pre-training), 05–07 and 08–10 after lunch (encoders, transfer, SFT, "
         "reasoning, tools), "
-        "11–15 to close (DPO, LoRA, QLoRA and memory, GPU kernels in CUDA C on the CPU emulator, today's "
-        "decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention).", "",
+        "11–16 to close (DPO, LoRA, QLoRA and memory, GPU kernels in CUDA C on the CPU emulator, today's "
+        "decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention; data parallelism: the ring all-reduce and "
+        "ZeRO on two MPI ranks).", "",
         "## Grading", "",
         "Every exercise is checked in the notebook by `minillm.exercises.check`, against minillm's reference "
         "on generated inputs; a wrong answer names the first failing case and, for a common mistake, a hint "
