@@ -111,3 +111,19 @@ __all__ = [
     "check_writable", "fraction", "input_file", "nonnegative_float", "nonnegative_int", "output_file",
     "output_folder", "positive_float", "positive_int", "positive_int_list", "probability", "top_p_value",
 ]
+
+
+def check_after_parsing(p: argparse.ArgumentParser,
+                        check: Callable[[argparse.Namespace], str | None]) -> None:
+    """Run ``check(args)`` right after ``p`` parses (argparse has no cross-option hook); a problem it returns
+    becomes the parser's one-line error, so combinations of options are validated at parse time too."""
+    parse = p.parse_known_args
+
+    def parse_and_check(args=None, namespace=None):
+        ns, rest = parse(args, namespace)
+        problem = check(ns)
+        if problem:
+            p.error(problem)
+        return ns, rest
+
+    p.parse_known_args = parse_and_check

@@ -32,6 +32,24 @@ def test_pretrain_resume_and_generate(tmp_path, capsys):
         assert printed.startswith("Mia went") and "---" in printed
 
 
+def test_pretrain_arch_llama_trains_a_grouped_query_decoder_that_the_other_commands_load(tmp_path, capsys):
+    from minillm.models import Llama
+    from minillm.models.auto import load_causal_lm
+
+    out = tmp_path / "llama"
+    assert main(["pretrain", "--arch", "llama", "--n-kv-heads", "1", "--steps", "4", "--out", str(out),
+                 *TINY]) == 0
+    assert capsys.readouterr().out.startswith("Llama ")
+    model, _ = load_causal_lm(out / "model.npz")
+    assert isinstance(model, Llama) and (model.config.n_heads, model.config.n_kv_heads) == (2, 1)
+    assert len(minillm.load(out / "checkpoint.npz")["history"]["loss"]) == 4
+    assert main(["pretrain", "--init", str(out / "model.npz"), "--steps", "2",
+                 "--out", str(tmp_path / "more"), *TINY]) == 0  # --init keeps the checkpoint's class
+    assert isinstance(load_causal_lm(tmp_path / "more" / "model.npz")[0], Llama)
+    assert main(["generate", "--ckpt", str(out / "model.npz"), "--prompt", "Mia",
+                 "--max-new-tokens", "3"]) == 0
+
+
 def test_pretrain_on_a_user_file(tmp_path, capsys):
     data = tmp_path / "my.txt"
     data.write_text("the cat sat on the mat. <|endoftext|> é ✓\n" * 40, encoding="utf-8")

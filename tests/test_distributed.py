@@ -30,13 +30,13 @@ from minillm.distributed import (
     init_comm,
     make_strategy,
 )
-from minillm.models import GPT, GPTConfig
+from minillm.models import GPT, GPTConfig, Llama, LlamaConfig
 from minillm.peft import LoRAConfig, apply_lora
 from minillm.peft.memory import zero_bytes_per_rank
 from minillm.train import TrainConfig, lm_loss, train
 
 STAGES = {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3}
-KINDS = ("gpt", "lora")
+KINDS = ("gpt", "lora", "llama")
 DTYPES = ("float32", "float64")
 TOL = {"float32": {"loss": 1e-5, "weights": 1e-4}, "float64": {"loss": 1e-12, "weights": 1e-12}}
 DATA = np.tile(np.arange(11), 300)
@@ -48,9 +48,13 @@ def get_batch(split, rng):
     return np.stack([d[i:i + 8] for i in ix]), np.stack([d[i + 1:i + 9] for i in ix])
 
 
-def tiny(kind: str) -> GPT:
-    """A GPT with an odd number of parameters (d_ff 7), so the last shard is padded; or its LoRA form."""
+def tiny(kind: str) -> GPT | Llama:
+    """A GPT with an odd number of parameters (d_ff 7), so the last shard is padded; its LoRA form; or a
+    Llama of the same size with grouped-query attention."""
     minillm.manual_seed(0)
+    if kind == "llama":
+        return Llama(LlamaConfig(vocab_size=11, context_length=8, d_model=16, n_heads=2, n_kv_heads=1,
+                                 n_layers=1, d_ff=7))
     model = GPT(GPTConfig(vocab_size=11, context_length=8, d_model=16, n_heads=2, n_layers=1, d_ff=7))
     if kind == "lora":
         apply_lora(model, LoRAConfig(r=3, target_modules=("q_proj", "up_proj")))

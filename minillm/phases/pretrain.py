@@ -16,7 +16,9 @@ from minillm import backend as B
 from minillm import options as opt
 from minillm.distributed import launch as distributed_launch
 from minillm.distributed import make_strategy
+from minillm.models.auto import causal_lm_class
 from minillm.models.gpt import GPT, GPTConfig
+from minillm.models.llama import Llama, LlamaConfig
 from minillm.train import TrainConfig, lm_loss, train
 
 
@@ -48,30 +50,34 @@ def lm_batches(train_tokens, val_tokens, batch_size: int, context_length: int):
     return get
 
 
-def pretrain_gpt(tokenizer, model_config: GPTConfig, train_config: TrainConfig, data: str | None = None,
+def pretrain_gpt(tokenizer, model_config: GPTConfig | LlamaConfig, train_config: TrainConfig,
+                 data: str | None = None,
                  num_stories: int = 20_000, val_fraction: float = 0.05, resume: str | None = None,
                  export: str | None = None, export_dtype: str | None = None,
                  story_weights: dict[str, float] | None = None, init: str | None = None,
                  distributed: str | None = None) -> dict:
-    """Train a GPT by next-token prediction; returns model, history, tokens and timing.
+    """Train a GPT (or a Llama, given a ``LlamaConfig``) by next-token prediction; returns model, history,
+    tokens and timing.
 
     Writes ``out_dir/checkpoint.npz`` (resumable) and ``out_dir/model.npz`` (weights + tokenizer) when
     ``train_config.out_dir`` is set, and ``export`` (weights + tokenizer, optionally float16) if given.
-    ``init``: a GPT checkpoint to continue from (its config replaces ``model_config``).
+    ``init``: a GPT or Llama checkpoint to continue from (its class and config replace ``model_config``).
     ``distributed``: "ddp", "zero1", "zero2" or "zero3", run under ``mpiexec -n N`` (``batch_size`` is the
     global batch); rank 0 writes the files, the result has "is_main" False on the other ranks.
     """
     from minillm.data.lm import train_val_split
 
+    model_cls = Llama if isinstance(model_config, LlamaConfig) else GPT
     if init:
-        model_config = GPT.from_checkpoint(init).config
+        model_cls = causal_lm_class(init)
+        model_config = model_cls.from_checkpoint(init).config
     tokens = lm_tokens(tokenizer, data, num_stories, train_config.seed, story_weights)
     if int(tokens.max()) >= model_config.vocab_size:
         raise ValueError(f"pretrain: the data has token id {int(tokens.max())} but vocab_size is "
                          f"{model_config.vocab_size}; use the tokenizer's ({tokenizer.vocab_size})")
     train_tokens, val_tokens = train_val_split(tokens, val_fraction)
     B.manual_seed(train_config.seed)
-    model = GPT.from_checkpoint(init) if init else GPT(model_config)
+    model = model_cls.from_checkpoint(init) if init else model_cls(model_config)
     get = lm_batches(train_tokens, val_tokens, train_config.batch_size, model_config.context_length)
     t0 = time.perf_counter()
     tok_json = None
@@ -130,6 +136,11 @@ def add_arguments(p) -> None:
                    help="also write weights + tokenizer here (e.g. a shipped checkpoint)")
     p.add_argument("--export-dtype", choices=["float32", "float16"], default=None,
                    help="dtype of the exported weights (float16 halves the file)")
+    p.add_argument("--arch", choices=["gpt", "llama"], default="gpt",
+                   help="clm: GPT-2's architecture, or a Llama-style decoder (RMSNorm, RoPE, SwiGLU, "
+                        "grouped-query attention)")
+    p.add_argument("--n-kv-heads", type=opt.positive_int, default=None,
+                   help="--arch llama: key/value heads, dividing --n-heads (default all; 1: multi-query)")
     p.add_argument("--d-model", type=opt.positive_int, default=128)
     p.add_argument("--n-layers", type=opt.positive_int, default=4)
     p.add_argument("--n-heads", type=opt.positive_int, default=4)
@@ -146,8 +157,20 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=opt.nonnegative_int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     distributed_launch.add_argument(p)
+    opt.check_after_parsing(p, check_arch_arguments)
     p.add_argument("--mix-tasks", type=opt.fraction, default=0.0,
                    help="denoise/span: fraction of batches that are prefixed summarize/translate tasks")
+
+
+def check_arch_arguments(args) -> str | None:
+    """What is wrong with ``--arch``/``--n-kv-heads`` and the objective, in one line, or None."""
+    if args.arch == "llama" and args.objective != "clm":
+        return f"--arch llama is a decoder: it needs --objective clm, not {args.objective}"
+    if args.n_kv_heads is not None and args.arch != "llama":
+        return "--n-kv-heads needs --arch llama (GPT-2 has as many key/value heads as query heads)"
+    if args.n_kv_heads is not None and args.n_heads % args.n_kv_heads:
+        return f"--n-kv-heads {args.n_kv_heads} must divide --n-heads {args.n_heads}"
+    return None
 
 
 def main(args) -> int:
@@ -169,8 +192,11 @@ def main_clm(args) -> int:
 
     distributed_launch.check_launch("pretrain", getattr(args, "distributed", None), args.batch_size)
     tok = BPETokenizer.load(args.tokenizer) if args.tokenizer else load_default_tokenizer()
-    mcfg = GPTConfig(vocab_size=tok.vocab_size, context_length=args.context_length, d_model=args.d_model,
-                     n_heads=args.n_heads, n_layers=args.n_layers, dropout=args.dropout, d_ff=args.d_ff)
+    config_cls = LlamaConfig if args.arch == "llama" else GPTConfig
+    gqa = {"n_kv_heads": args.n_kv_heads} if args.arch == "llama" else {}
+    mcfg = config_cls(vocab_size=tok.vocab_size, context_length=args.context_length, d_model=args.d_model,
+                      n_heads=args.n_heads, n_layers=args.n_layers, dropout=args.dropout, d_ff=args.d_ff,
+                      **gqa)
     tcfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=args.warmup, batch_size=args.batch_size,
                        eval_every=args.eval_every, eval_steps=args.eval_steps,
                        checkpoint_every=args.checkpoint_every, out_dir=args.out, seed=args.seed,
@@ -185,7 +211,8 @@ def main_clm(args) -> int:
         return 0  # rank 0 reports
     h, model = res["history"], res["model"]
     mcfg = model.config  # with --init, the checkpoint's
-    print(f"GPT {model.num_parameters():,} parameters ({mcfg.n_layers} layers, d_model {mcfg.d_model}, "
+    print(f"{type(model).__name__} {model.num_parameters():,} parameters ({mcfg.n_layers} layers, "
+          f"d_model {mcfg.d_model}, "
           f"{mcfg.n_heads} heads, context {mcfg.context_length}); {res['train_tokens']:,} train / "
           f"{res['val_tokens']:,} val tokens")
     if h["loss"]:

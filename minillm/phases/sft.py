@@ -318,16 +318,7 @@ def add_peft_arguments(p) -> None:
                    help="adapter bottleneck width m (adapter; default 16)")
     g.add_argument("--merge", action="store_true",
                    help="write a full checkpoint with LoRA folded in (lora/qlora), not the adapter alone")
-    parse = p.parse_known_args
-
-    def parse_and_check(args=None, namespace=None):
-        ns, rest = parse(args, namespace)
-        problem = check_peft_arguments(ns)
-        if problem:
-            p.error(problem)
-        return ns, rest
-
-    p.parse_known_args = parse_and_check  # argparse has no cross-option hook: check right after parsing
+    opt.check_after_parsing(p, check_peft_arguments)
 
 
 def module_names(text: str) -> tuple:
