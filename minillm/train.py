@@ -99,9 +99,12 @@ def _tokens_in(batch, metrics: dict) -> int:
     return int(getattr(first, "size", 0))
 
 
+COUNTS = ("tokens", "mean_over")  # a loss_fn's counts: tokens for tokens/s; what its loss is a mean over
+
+
 def _numeric_metrics(metrics: dict) -> dict[str, float]:
-    """The metrics worth averaging or plotting: numbers, without the "tokens" count."""
-    return {k: float(v) for k, v in metrics.items() if k != "tokens" and isinstance(v, (int, float))}
+    """The metrics worth averaging or plotting: numbers, without the "tokens" and "mean_over" counts."""
+    return {k: float(v) for k, v in metrics.items() if k not in COUNTS and isinstance(v, (int, float))}
 
 
 def evaluate(model, loss_fn: Callable, get_batch: Callable, steps: int, seed: int = 1234) -> dict:
@@ -129,13 +132,15 @@ def train_step(model, loss_fn: Callable, batch, opt: optim.AdamW, sched: optim.C
     Returns (loss, metrics, lr used, gradient norm before clipping). Raises ``TrainingError`` (naming
     ``step`` and ``last_checkpoint``) on a non-finite loss or gradient, before the weights change.
     ``distributed`` (a ``minillm.distributed`` strategy): the loss is averaged over the ranks and the
-    gradients reduced, so the norm is the global one. A "tokens" metric counts what the loss is a mean
-    over; each rank's loss is weighted by it, so the result is the global batch's mean (masked SFT).
+    gradients reduced, so the norm is the global one. A loss that is a mean over a number of items that
+    differs between ranks (masked SFT: the assistant's tokens) reports it as the "mean_over" metric; each
+    rank's loss is weighted by it, so the result is the global batch's mean. Without it the ranks' rows
+    count equally (right for equal-shaped rows: LM windows, preference pairs).
     """
     params = [p for g in opt.param_groups for p in g["params"]]
     loss, metrics = _split_loss(loss_fn(model, batch))
     if distributed is not None:
-        weight = distributed.token_weight(metrics.get("tokens"))
+        weight = distributed.loss_weight(metrics.get("mean_over"))
         loss = loss if weight == 1.0 else loss * weight
     loss_val = float(loss.item()) if distributed is None else distributed.mean(float(loss.item()))
     loss_val = _finite_or_stop(loss_val, "loss", step, last_checkpoint)

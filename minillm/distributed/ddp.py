@@ -90,14 +90,14 @@ class DataParallel:
         rows = check_batch_size(batch.shape[0], self.world_size)
         return batch[self.rank * rows:(self.rank + 1) * rows]
 
-    def token_weight(self, tokens: int | None) -> float:
-        """n_r · N / Σ n for a loss that is a mean over this rank's n_r tokens (1 when ``tokens`` is None).
-        Scaled by it, the ranks' average of their losses is the mean over every token of the global
-        batch, as one process computes it, even when the ranks hold different numbers (masked SFT)."""
-        if tokens is None:
+    def loss_weight(self, mean_over: int | None) -> float:
+        """n_r · N / Σ n for a loss that is a mean over this rank's n_r items (1 when ``mean_over`` is None).
+        Scaled by it, the ranks' average of their losses is the mean over every item of the global batch,
+        as one process computes it, even when the ranks hold different numbers (masked SFT's tokens)."""
+        if mean_over is None:
             return 1.0
-        total = float(self.comm.all_reduce(numpy.array([tokens], dtype=numpy.float64), op="sum")[0])
-        return tokens * self.world_size / total if total else 1.0
+        total = float(self.comm.all_reduce(numpy.array([mean_over], dtype=numpy.float64), op="sum")[0])
+        return mean_over * self.world_size / total if total else 1.0
 
     def mean(self, value: float) -> float:
         """The average of a number (the loss) over the ranks."""

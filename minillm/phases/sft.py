@@ -103,7 +103,8 @@ def sft_loss(model, batch):
     """Mean cross-entropy over the assistant's tokens only (labels -100 elsewhere are ignored)."""
     x, y = batch
     _, loss = model(x, y)
-    return loss, {"tokens": int((y != chat.IGNORE_INDEX).sum())}
+    n = int((y != chat.IGNORE_INDEX).sum())
+    return loss, {"tokens": n, "mean_over": n}  # ranks hold different numbers: weight each by its own
 
 
 # ------------------------------------------------------------------------------------------- evaluation
