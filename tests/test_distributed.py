@@ -9,7 +9,6 @@ steps). Measured bytes per rank must equal ``zero_bytes_per_rank`` exactly.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from minillm.distributed import (
     init_comm,
     make_strategy,
 )
+from minillm.distributed.comm import find_mpiexec
 from minillm.models import GPT, GPTConfig, Llama, LlamaConfig
 from minillm.peft import LoRAConfig, apply_lora
 from minillm.peft.memory import zero_bytes_per_rank
@@ -208,8 +208,7 @@ def mpiexec() -> str:
     from optional import optional_import
 
     optional_import("mpi4py", "2-rank tests need mpi4py: pip install 'minillm[distributed]'")
-    found = Path(sys.executable).with_name("mpiexec")
-    path = str(found) if found.exists() else shutil.which("mpiexec")
+    path = find_mpiexec()
     if path is None:
         if os.environ.get("CI"):
             pytest.fail("mpiexec not found (pip install 'minillm[distributed]')")

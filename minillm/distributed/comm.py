@@ -14,6 +14,9 @@ Every engine speaks the same small interface, so DDP and ZeRO are written once:
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from pathlib import Path
 
 import numpy
 
@@ -225,10 +228,6 @@ def launched_by_mpiexec() -> bool:
 
 def find_mpiexec() -> str | None:
     """The mpiexec beside this Python (the ``mpich`` wheel puts it there) or on PATH; None if neither."""
-    import shutil
-    import sys
-    from pathlib import Path
-
     beside = Path(sys.executable).with_name("mpiexec")
     return str(beside) if beside.exists() else shutil.which("mpiexec")
 
